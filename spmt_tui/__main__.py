@@ -1,0 +1,3 @@
+from spmt_tui.cli import main
+
+raise SystemExit(main())

@@ -14,10 +14,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-# npm 11 needs a package.json in the prefix folder before `npm install --prefix`.
+# npm 11 needs a package.json in the prefix folder before `npm install --prefix`; `npm init`
+# rejects the folder name ".azurite" as a package name, so the file is written directly.
 .azurite/.installed:
 	mkdir -p .azurite
-	test -f .azurite/package.json || (cd .azurite && npm init -y >/dev/null)
+	test -f .azurite/package.json || echo '{"name": "spmt-tui-azurite", "private": true}' > .azurite/package.json
 	npm install --prefix .azurite --no-audit --no-fund --silent azurite@$(AZURITE_VERSION)
 	touch $@
 

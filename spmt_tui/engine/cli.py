@@ -1,0 +1,271 @@
+"""Command-line front end of the engine: ``migrate``, ``sessions`` and ``resume``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from spmt_tui.engine.settings import Settings, SettingsError, add_arguments, load_config, settings_from_args
+
+AUTH_METHODS = ("device-code", "certificate", "password", "account")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    migrate = commands.add_parser(
+        "migrate",
+        help="migrate a folder into a SharePoint Online document library",
+        description="Scan SOURCE, package it, encrypt and upload it, and import it through the "
+        "Migration API into the library, following every job to its end. Exit status 0 when every "
+        "item migrated or was skipped by a rule.",
+    )
+    migrate.add_argument("source", nargs="?", help="folder to migrate (a local path or a mounted share)")
+    migrate.add_argument("--site", help="destination site URL, e.g. https://contoso.sharepoint.com/sites/x "
+                         "(default: the tenant profile's site_url)")
+    migrate.add_argument("--library", default="Documents",
+                         help="destination document library title (default: %(default)s)")
+    migrate.add_argument("--folder", default="", help="folder inside the library, created if missing")
+    migrate.add_argument("--tasks", type=Path, help="bulk task file (SPMT CSV, Migration Manager CSV or JSON)")
+    add_arguments(migrate)
+    _add_common(migrate)
+    migrate.set_defaults(handler=run_migrate)
+
+    sessions = commands.add_parser("sessions", help="list migration sessions with their state")
+    sessions.add_argument("--working-folder", type=Path, default=None,
+                          help="folder that holds the sessions (default: the per-user data folder)")
+    sessions.set_defaults(handler=run_sessions)
+
+    resume = commands.add_parser("resume", help="resume an interrupted session")
+    resume.add_argument("session", nargs="?",
+                        help="session id (default: the most recent interrupted session)")
+    _add_common(resume)
+    resume.set_defaults(handler=run_resume)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tenant-profile", type=Path,
+                        help="tenant profile JSON (the sandbox writes DIR/tenant.json)")
+    parser.add_argument("--auth", choices=AUTH_METHODS, default=None,
+                        help="sign-in method: device-code (default for people), certificate "
+                        "(app-only, unattended), password (legacy; MFA tenants reject it), account "
+                        "(an account saved by `spmt-tui login`)")
+    parser.add_argument("--certificate", type=Path,
+                        help="PEM or PFX for --auth certificate (default: the profile's app certificate)")
+    parser.add_argument("--certificate-passphrase-env", metavar="VAR",
+                        help="environment variable that holds the certificate's passphrase")
+    parser.add_argument("--username", help="user for --auth password (default: the profile's user)")
+    parser.add_argument("--password-env", metavar="VAR",
+                        help="environment variable that holds the password for --auth password")
+    parser.add_argument("--account", help="saved account name for --auth account")
+    parser.add_argument("--config", type=Path, help="TOML file with default settings")
+    if not any(a.dest == "working_folder" for a in parser._actions):
+        parser.add_argument("--working-folder", type=Path, default=None,
+                            help="folder for sessions, logs and reports")
+
+
+def _profile_dict(path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def make_credentials(args: argparse.Namespace, profile_path: Path | None) -> Any:
+    """Build the token provider that the arguments ask for."""
+    from spmt_tui.auth.cache import CacheStoreError, MemoryStore, choose_store
+    from spmt_tui.auth.tokens import (
+        AuthSettings,
+        CertificateProvider,
+        DeviceCodeProvider,
+        UsernamePasswordProvider,
+    )
+
+    method = args.auth or ("account" if profile_path is None else "device-code")
+    if method == "account":
+        from spmt_tui.auth.commands import provider_for_account
+
+        return provider_for_account(args.account)
+    if profile_path is None:
+        raise SettingsError(f"--auth {method} needs --tenant-profile")
+    profile = _profile_dict(profile_path)
+    try:
+        store = choose_store("auto")
+    except CacheStoreError as error:
+        print(f"spmt-tui: the token cache is kept in memory only ({error})", file=sys.stderr)
+        store = MemoryStore()
+    if method == "certificate":
+        settings = AuthSettings.from_profile(profile, app_only=True, profile_dir=profile_path.parent)
+        certificate = args.certificate or Path((profile.get("app") or {}).get("certificate", ""))
+        if not str(certificate):
+            raise SettingsError("--auth certificate needs --certificate or app.certificate in the profile")
+        passphrase = os.environ.get(args.certificate_passphrase_env) if args.certificate_passphrase_env else None
+        return CertificateProvider(settings, certificate, passphrase=passphrase, store=store)
+    settings = AuthSettings.from_profile(profile, profile_dir=profile_path.parent)
+    if method == "password":
+        user = profile.get("user") or {}
+        username = args.username or user.get("username")
+        if not username:
+            raise SettingsError("--auth password needs --username or user.username in the profile")
+        password = os.environ.get(args.password_env) if args.password_env else user.get("password")
+        return UsernamePasswordProvider(settings, username, password, store=store)
+
+    def show(prompt: Any) -> None:
+        print(f"\nTo sign in, open {prompt.verification_uri} and enter the code {prompt.user_code}\n",
+              file=sys.stderr, flush=True)
+
+    return DeviceCodeProvider(settings, show, store=store)
+
+
+class _Printer:
+    """Progress on the terminal: one live block on a TTY, a plain line every few seconds otherwise."""
+
+    def __init__(self, migration: Any) -> None:
+        self.migration = migration
+        self.tty = sys.stderr.isatty()
+        self.interval = 0.5 if self.tty else 5.0
+        self._lines = 0
+
+    def line(self) -> str:
+        snap = self.migration.stats.snapshot()
+        c = snap.counts
+        rate = snap.rate_bytes / 2**20
+        eta = f" eta {snap.eta_seconds:.0f}s" if snap.eta_seconds else ""
+        throttled = f" throttled {snap.throttled}" if snap.throttled else ""
+        return (f"[{snap.phase}] scanned {c['scanned']} packaged {c['packaged']} uploaded "
+                f"{c['uploaded']} submitted {c['submitted']} migrated {c['migrated']} skipped "
+                f"{c['skipped']} failed {c['failed']} | {snap.bytes_uploaded / 2**20:.1f} MiB "
+                f"{rate:.1f} MiB/s jobs {snap.jobs_running}{throttled}{eta}")
+
+    async def run(self) -> None:
+        while True:
+            self.print()
+            await asyncio.sleep(self.interval)
+
+    def print(self) -> None:
+        text = self.line()
+        if self.tty:
+            sys.stderr.write("\r\x1b[2K" + text[: os.get_terminal_size(2).columns - 1])
+        else:
+            sys.stderr.write(time.strftime("%H:%M:%S ") + text + "\n")
+        sys.stderr.flush()
+
+
+async def _run_with_progress(migration: Any) -> Any:
+    printer = _Printer(migration)
+    ticker = asyncio.create_task(printer.run())
+    try:
+        return await migration.run()
+    finally:
+        ticker.cancel()
+        printer.print()
+        if printer.tty:
+            sys.stderr.write("\n")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    base = load_config(args.config) if getattr(args, "config", None) else load_config()
+    return settings_from_args(args, base)
+
+
+def _report(result: Any, migration: Any) -> int:
+    counts = result.counts
+    summary = ", ".join(f"{key} {counts.get(key, 0)}" for key in ("scanned", "migrated", "skipped", "failed"))
+    print(f"{result.status}: {summary}")
+    if result.message:
+        print(result.message)
+    print(f"session {migration.session_id}; reports in {result.report_dir}")
+    return result.exit_code
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    from spmt_tui.engine.migration import Migration, MigrationTask
+    from spmt_tui.profile import ProfileError, load_profile
+
+    try:
+        settings = _settings(args)
+        if args.tenant_profile is None and args.auth != "account":
+            raise SettingsError("--tenant-profile is required (the sandbox writes DIR/tenant.json)")
+        profile = load_profile(args.tenant_profile) if args.tenant_profile else None
+        if args.tasks:
+            from spmt_tui.engine.tasks import load_tasks
+
+            tasks = load_tasks(args.tasks)
+        else:
+            if not args.source:
+                raise SettingsError("give a SOURCE folder or --tasks FILE")
+            site = args.site or (profile.site_url if profile else None)
+            if not site:
+                raise SettingsError("--site is required when the profile has no site_url")
+            tasks = [MigrationTask(os.path.abspath(args.source), site, args.library, args.folder)]
+        credentials = make_credentials(args, args.tenant_profile)
+    except (SettingsError, ProfileError) as error:
+        print(f"spmt-tui migrate: {error}", file=sys.stderr)
+        return 2
+    migration = Migration(tasks, settings, profile, credentials)
+    print(f"session {migration.session_id}, log {migration.log_path}", file=sys.stderr)
+    try:
+        result = asyncio.run(_run_with_progress(migration))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; resume with: spmt-tui resume {migration.session_id}", file=sys.stderr)
+        return 130
+    return _report(result, migration)
+
+
+def run_sessions(args: argparse.Namespace) -> int:
+    from spmt_tui.engine.sessions import list_sessions
+
+    folder = args.working_folder or Settings().working_folder
+    sessions = list_sessions(folder)
+    if not sessions:
+        print(f"no sessions in {folder}")
+        return 0
+    for info in sessions:
+        counts = info.counts
+        print(f"{info.id}  {info.status:<12} {info.created:%Y-%m-%d %H:%M}  migrated "
+              f"{counts.get('migrated', 0)} failed {counts.get('failed', 0)}  {'; '.join(info.tasks)}")
+    return 0
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    from spmt_tui.engine.migration import Migration
+    from spmt_tui.engine.sessions import list_sessions
+    from spmt_tui.profile import ProfileError, load_profile
+
+    settings = Settings()
+    if args.working_folder:
+        settings.working_folder = args.working_folder
+    sessions = list_sessions(settings.working_folder)
+    if args.session:
+        chosen = next((s for s in sessions if s.id == args.session), None)
+        if chosen is None:
+            print(f"spmt-tui resume: session {args.session} not found in {settings.working_folder}",
+                  file=sys.stderr)
+            return 2
+    else:
+        candidates = [s for s in sessions if s.status in ("interrupted", "paused", "failed", "cancelled",
+                                                          "stopped_after_scan")]
+        if not candidates:
+            print(f"spmt-tui resume: no interrupted session in {settings.working_folder}", file=sys.stderr)
+            return 2
+        chosen = candidates[0]
+    if chosen.status == "running":
+        print(f"spmt-tui resume: session {chosen.id} is running in process {chosen.pid}", file=sys.stderr)
+        return 2
+    profile_path = args.tenant_profile or (Path(chosen.profile_path) if chosen.profile_path else None)
+    try:
+        profile = load_profile(profile_path) if profile_path else None
+        credentials = make_credentials(args, profile_path)
+    except (SettingsError, ProfileError) as error:
+        print(f"spmt-tui resume: {error}", file=sys.stderr)
+        return 2
+    migration = Migration.open_session(chosen.id, settings, profile, credentials)
+    print(f"resuming session {chosen.id}", file=sys.stderr)
+    try:
+        result = asyncio.run(_run_with_progress(migration))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; resume with: spmt-tui resume {migration.session_id}", file=sys.stderr)
+        return 130
+    return _report(result, migration)

@@ -1,0 +1,326 @@
+"""The migration engine: scan, package, encrypt and upload, submit, follow, report.
+
+Each stage is a pool of asyncio workers with bounded queues between them, so a slow stage holds
+the others back instead of filling memory:
+
+    scan (one walker) -> package queue -> packager -> upload queue (packages_in_flight)
+    -> upload workers (blob uploads bounded by upload_concurrency) -> submit + follow
+       (jobs_in_flight jobs at once) -> results written to the session database
+
+The engine imports no UI code. Front ends watch ``stats.snapshot()`` and receive events through
+the ``sink`` callable; both are safe to use from another thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spmt_tui.engine import package as pkg
+from spmt_tui.engine.crypto import encrypt_blob, new_iv
+from spmt_tui.engine.jobs import JobLost, JobOutcome, QueueListener, follow_job
+from spmt_tui.engine.preflight import PreflightError, Target, check_source, resolve_target
+from spmt_tui.engine.progress import (
+    EventSink,
+    ItemEvent,
+    LogEvent,
+    PhaseEvent,
+    Stats,
+    null_sink,
+)
+from spmt_tui.engine.rules import Outcome, ScanRules, ScanSettings
+from spmt_tui.engine.settings import Settings
+from spmt_tui.engine.source import FileShareSource, Source, SourceItem
+from spmt_tui.engine.upload import (
+    CODE_FILE_CHANGED,
+    CODE_SOURCE_UNREADABLE,
+    FileChangedError,
+    SourceReadError,
+    encrypt_and_upload,
+)
+from spmt_tui.logs import configure_logging, redact
+from spmt_tui.profile import TenantProfile
+from spmt_tui.spo.containers import ContainerExpired, StorageTransport, download_log, upload_small
+from spmt_tui.spo.http import HttpError, SharePointHttp, new_session
+from spmt_tui.spo.sharepoint import ProvisionedContainers, SharePointClient
+from spmt_tui.state.store import SessionStore
+
+log = logging.getLogger("spmt.engine")
+
+CODE_JOB_FATAL = "0x01710006"
+CODE_JOB_ITEM_FAILED = "0x01710009"
+CODE_UPLOAD_FAILED = "0x01510001"
+CODE_CONTAINER_EXPIRED = "0x01610001"
+CODE_SUBMIT_FAILED = "0x01610002"
+DEVICE_NAME = socket.gethostname()
+
+
+@dataclass
+class MigrationTask:
+    """One source folder into one library folder."""
+
+    source: str
+    site_url: str
+    library: str = "Documents"
+    folder: str = ""
+
+    def describe(self) -> str:
+        folder = f"/{self.folder.strip('/')}" if self.folder.strip("/") else ""
+        return f"{self.source} -> {self.site_url.rstrip('/')}/{self.library}{folder}"
+
+
+@dataclass
+class MigrationResult:
+    status: str
+    counts: dict[str, int]
+    report_dir: Path
+    message: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        if self.status in ("completed", "scan_only", "stopped_after_scan"):
+            return 0
+        if self.status == "cancelled":
+            return 130
+        return 1
+
+
+@dataclass
+class WorkFile:
+    """A file on its way through the pipeline (what the packager and uploader need)."""
+
+    row_id: int
+    item: SourceItem
+    relative_path: str       # destination path relative to the library root
+    object_id: str
+    item_id: str
+    int_id: int
+    folder_id: str           # destination parent folder id
+    size: int
+
+
+@dataclass
+class WorkFolder:
+    row_id: int
+    relative_path: str
+    object_id: str
+    item_id: str
+    int_id: int
+    parent_id: str
+    created_ts: float | None
+    modified_ts: float | None
+    exists: bool             # already at the destination: referenced, never re-created
+
+
+@dataclass
+class Package:
+    number: int
+    task_id: int
+    files: list[WorkFile] = field(default_factory=list)
+    folders: list[WorkFolder] = field(default_factory=list)
+    bytes: int = 0
+    attempts: int = 0
+
+
+class Migration:
+    """One migration session: a set of tasks run with one set of settings."""
+
+    def __init__(
+        self,
+        tasks: list[MigrationTask],
+        settings: Settings,
+        profile: TenantProfile,
+        credentials: Any,
+        *,
+        sink: EventSink = null_sink,
+        session_id: str | None = None,
+        log_to_stderr: bool = False,
+    ) -> None:
+        settings.validate()
+        self.tasks = tasks
+        self.settings = settings
+        self.profile = profile
+        self.credentials = credentials
+        self.sink = sink
+        self.stats = Stats()
+        self.session_id = session_id or dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        self.session_dir = Path(settings.working_folder) / "sessions" / self.session_id
+        self.report_dir = self.session_dir / "reports"
+        self.log_path = self.session_dir / "logs" / "spmt-tui.log"
+        self._log_to_stderr = log_to_stderr
+        self._running = threading.Event()
+        self._running.set()
+        self._cancel_requested = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._main_task: asyncio.Task[Any] | None = None
+        self._resume_event: asyncio.Event | None = None
+        self.store: SessionStore | None = None
+
+    # -- control from any thread ------------------------------------------------------------------
+
+    def pause(self) -> None:
+        self._running.clear()
+        self.stats.set_phase("paused", "paused by the user; running uploads finish first")
+        self.sink(PhaseEvent("paused"))
+
+    def resume(self) -> None:
+        self._running.set()
+        if self._loop is not None and self._resume_event is not None:
+            self._loop.call_soon_threadsafe(self._resume_event.set)
+        self.stats.set_phase("migrating")
+        self.sink(PhaseEvent("migrating"))
+
+    def cancel(self) -> None:
+        self._cancel_requested = True
+        self._running.set()
+        if self._loop is not None and self._main_task is not None:
+            self._loop.call_soon_threadsafe(self._main_task.cancel)
+
+    async def _gate(self) -> None:
+        """Wait here while the migration is paused."""
+        while not self._running.is_set():
+            assert self._resume_event is not None
+            self._resume_event.clear()
+            await self._resume_event.wait()
+
+    # -- the run ------------------------------------------------------------------------------
+
+    @classmethod
+    def open_session(
+        cls,
+        session_id: str,
+        settings: Settings,
+        profile: TenantProfile,
+        credentials: Any,
+        *,
+        sink: EventSink = null_sink,
+        log_to_stderr: bool = False,
+    ) -> "Migration":
+        """Reopen an existing session (to resume it) with its stored tasks and settings."""
+        session_dir = Path(settings.working_folder) / "sessions" / session_id
+        store = SessionStore.open(session_dir / "session.db")
+        try:
+            info = store.session_info()
+            tasks = [MigrationTask(t["source"], t["site_url"], t["library"], t["folder"])
+                     for t in store.tasks()]
+            stored = Settings.from_json(info["settings"])
+        finally:
+            store.close()
+        stored.working_folder = settings.working_folder
+        return cls(tasks, stored, profile, credentials, sink=sink, session_id=session_id,
+                   log_to_stderr=log_to_stderr)
+
+    async def run(self) -> MigrationResult:
+        self._loop = asyncio.get_running_loop()
+        self._resume_event = asyncio.Event()
+        self._main_task = asyncio.current_task()
+        self.session_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.session_dir, 0o700)
+        configure_logging(log_file=self.log_path, stderr=self._log_to_stderr)
+        self.store = SessionStore.open(self.session_dir / "session.db")
+        self.store.start_session(self.session_id, self.settings.to_json(),
+                                 [vars(t) for t in self.tasks], profile=str(self.profile.source_path or ""))
+        log.info("session %s started: %s", self.session_id, "; ".join(t.describe() for t in self.tasks))
+        status = "failed"
+        message = ""
+        try:
+            status, message = await self._run_rounds()
+        except asyncio.CancelledError:
+            status, message = ("cancelled", "cancelled by the user") if self._cancel_requested else (
+                "interrupted", "interrupted")
+            if not self._cancel_requested:
+                raise
+        except PreflightError as error:
+            status, message = "failed", f"{error.code}: {error}"
+            log.error("pre-flight failed: %s", message)
+            self._emit_log("error", message)
+        except Exception as error:  # noqa: BLE001 - the session must record every crash
+            status, message = "failed", f"{type(error).__name__}: {redact(str(error))}"
+            log.exception("migration failed")
+            self._emit_log("error", message)
+        finally:
+            counts = self.store.counts() if self.store else {}
+            if self.store is not None:
+                self.store.finish_session(status, message)
+                try:
+                    from spmt_tui.reports.csv_reports import write_reports
+
+                    write_reports(self.store, self.report_dir, device_name=DEVICE_NAME)
+                except Exception:  # noqa: BLE001
+                    log.exception("writing the reports failed")
+                self.store.close()
+            self.stats.set_phase(status, message)
+            self.sink(PhaseEvent(status, message))
+            log.info("session %s ended: %s %s", self.session_id, status, message)
+        return MigrationResult(status, counts, self.report_dir, message)
+
+    async def _run_rounds(self) -> tuple[str, str]:
+        assert self.store is not None
+        http_session = new_session(self.profile.ca_bundle)
+        transport = StorageTransport(self.profile.ca_bundle, limit=self.settings.upload_concurrency + 16)
+        try:
+            http = SharePointHttp(http_session, self._token, on_throttle=self.stats.throttle)
+            failed_before = 0
+            for round_number in range(self.store.next_round(), self.store.next_round() + self.settings.auto_rerun):
+                self.store.begin_round(round_number)
+                for task_index, task in enumerate(self.tasks):
+                    task_id = self.store.task_id(task_index)
+                    await self._run_task(task_id, task, round_number, http, transport)
+                    if self.settings.scan_only:
+                        continue
+                counts = self.store.counts(round_number=round_number)
+                if self.settings.scan_only:
+                    return "scan_only", "scan finished; nothing was uploaded"
+                if self._stopped_after_scan:
+                    return "stopped_after_scan", (
+                        "the scan found issues; review the scan reports, then resume to migrate")
+                changed = counts.get("to_migrate", 0)
+                if round_number > 1 and changed == 0:
+                    break
+            counts = self.store.counts()
+            failed = counts.get("failed", 0) - failed_before
+            if failed:
+                return "completed_with_failures", f"{failed} item(s) failed; see ItemFailureReport"
+            return "completed", ""
+        finally:
+            await transport.close()
+            await http_session.close()
+
+    _stopped_after_scan = False
+
+    async def _token(self) -> str:
+        return await self.credentials.get_token()
+
+    def _emit_log(self, level: str, message: str) -> None:
+        self.sink(LogEvent(level, message))
+
+    # -- one task -----------------------------------------------------------------------------
+
+    async def _run_task(
+        self,
+        task_id: int,
+        task: MigrationTask,
+        round_number: int,
+        http: SharePointHttp,
+        transport: StorageTransport,
+    ) -> None:
+        assert self.store is not None
+        self.stats.set_phase("pre-flight", task.describe())
+        self.sink(PhaseEvent("pre-flight", task.describe()))
+        check_source(task.source)
+        client = SharePointClient(task.site_url, http)
+        app_only = getattr(self.credentials, "kind", "user") == "app"
+        target = await resolve_target(client, task.library, task.folder, app_only=app_only)
+        user = None if app_only else await client.current_user()
+        self.store.set_task_target(task_id, web_id=target.web.id, list_id=target.library.id)
+        source = FileShareSource(task.source, follow_symlinks=self.settings.follow_symlinks)
+        runner = TaskRunner(self, task_id, task, round_number, target, client, transport, source, user)
+        await runner.run()

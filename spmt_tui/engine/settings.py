@@ -1,0 +1,222 @@
+"""Migration settings: one model for the command line, the TOML config file and the TUI.
+
+Defaults follow SPMT's where SPMT has the setting (``Register-SPMTMigration`` parameter text).
+Each field carries its help text, command-line flag and SPMT JSON key in ``metadata`` so every
+front end builds its controls from the same description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def default_working_folder() -> Path:
+    """Per-user data folder: ``$XDG_DATA_HOME/spmt-tui`` or ``~/.local/share/spmt-tui``."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "spmt-tui"
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def _meta(help_text: str, *, group: str = "General", json_key: str | None = None,
+          flag: str | None = None) -> dict[str, Any]:
+    return {"help": help_text, "group": group, "json_key": json_key, "flag": flag}
+
+
+@dataclass
+class Settings:
+    # General
+    scan_only: bool = field(default=False, metadata=_meta(
+        "only scan and write the scan reports; upload nothing", json_key="ScanOnly"))
+    start_when_no_issue: bool = field(default=True, metadata=_meta(
+        "start migrating automatically when the scan finds no issue; otherwise stop after the "
+        "scan so the reports can be reviewed", json_key="StartMigrationAutomaticallyWhenNoScanIssue"))
+    incremental: bool = field(default=True, metadata=_meta(
+        "skip files that are unchanged or newer at the destination", json_key="EnableIncremental"))
+    auto_rerun: int = field(default=1, metadata=_meta(
+        "number of rounds in one run (1 = run once, up to 5) to catch files changed during the run",
+        group="Advanced", json_key="EnableMultiRound"))
+    working_folder: Path = field(default_factory=default_working_folder, metadata=_meta(
+        "folder for sessions, logs and reports", group="Advanced", json_key="WorkingFolder"))
+    # Filters
+    include_hidden: bool = field(default=True, metadata=_meta(
+        "migrate hidden files and folders (names starting with a dot)", group="Filters",
+        json_key="MigrateHiddenItems"))
+    created_after: dt.datetime | None = field(default=None, metadata=_meta(
+        "only migrate files created after this time (ISO 8601, e.g. 2024-01-31 or "
+        "2024-01-31T08:00+02:00; a date without a zone is UTC)", group="Filters",
+        json_key="MigrateItemsCreatedAfter"))
+    modified_after: dt.datetime | None = field(default=None, metadata=_meta(
+        "only migrate files modified after this time (same format as --created-after)",
+        group="Filters", json_key="MigrateItemsModifiedAfter"))
+    skip_extensions: str = field(default="", metadata=_meta(
+        "extensions not to migrate, colon-separated without dots (e.g. tmp:bak); only the last "
+        "extension of a name counts", group="Filters", json_key="SkipFilesWithExtensions"))
+    replace_invalid_char: str | None = field(default=None, metadata=_meta(
+        "replace characters SharePoint rejects with this character instead of skipping the item",
+        group="Filters", json_key="ReplacementOfInvalidChar"))
+    follow_symlinks: bool = field(default=False, metadata=_meta(
+        "follow symbolic links (by default they are reported and skipped)", group="Filters"))
+    # Users
+    user_mapping_file: Path | None = field(default=None, metadata=_meta(
+        "CSV without header: source owner, target UPN, TRUE/FALSE (is a group)", group="Users",
+        json_key="UserMappingCSVFile"))
+    default_user: str | None = field(default=None, metadata=_meta(
+        "UPN used as author for owners missing from the mapping file (default: the signed-in "
+        "account)", group="Users"))
+    # Performance
+    package_max_files: int = field(default=250, metadata=_meta(
+        "maximum files per package (Microsoft recommends 250)", group="Performance"))
+    package_max_mb: int = field(default=250, metadata=_meta(
+        "maximum megabytes per package (Microsoft recommends 100 to 250)", group="Performance"))
+    upload_concurrency: int = field(default=32, metadata=_meta(
+        "blob uploads in flight at once", group="Performance"))
+    packages_in_flight: int = field(default=8, metadata=_meta(
+        "packages being uploaded at once", group="Performance"))
+    jobs_in_flight: int = field(default=16, metadata=_meta(
+        "migration jobs submitted and not yet finished, at most", group="Performance"))
+    job_poll_seconds: float = field(default=5.0, metadata=_meta(
+        "seconds between GetMigrationJobProgress calls when the queue is quiet",
+        group="Performance"))
+    fatal_retries: int = field(default=2, metadata=_meta(
+        "times a package is submitted again after JobFatalError", group="Performance"))
+
+    def validate(self) -> None:
+        if not 1 <= self.auto_rerun <= 5:
+            raise SettingsError(f"invalid auto_rerun {self.auto_rerun}: use 1 (run once) to 5")
+        if self.replace_invalid_char is not None:
+            char = self.replace_invalid_char
+            if len(char) != 1 or char in '"*:<>?/\\|' or char.isspace() or ord(char) < 32:
+                raise SettingsError(
+                    f"invalid replacement character {char!r}: use one character that SharePoint "
+                    "allows in names, e.g. _ or -")
+        for name in ("package_max_files", "package_max_mb", "upload_concurrency",
+                     "packages_in_flight", "jobs_in_flight"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"invalid {name} {getattr(self, name)}: use 1 or more")
+        for part in filter(None, self.skip_extensions.split(":")):
+            if "." in part or "/" in part:
+                raise SettingsError(
+                    f"invalid extension {part!r} in skip_extensions: write it without the dot, "
+                    "colon-separated, e.g. tmp:bak")
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, dt.datetime):
+                value = value.isoformat()
+            data[item.name] = value
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Settings":
+        settings = cls()
+        for item in dataclasses.fields(cls):
+            if item.name in data:
+                setattr(settings, item.name, _coerce(item, data[item.name]))
+        return settings
+
+
+def parse_time(text: str) -> dt.datetime:
+    """Parse an ISO 8601 date or time; a value without a zone is taken as UTC."""
+    try:
+        value = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise SettingsError(
+            f"invalid time {text!r}: use ISO 8601, e.g. 2024-01-31 or 2024-01-31T08:00+02:00"
+        ) from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value
+
+
+def _coerce(item: dataclasses.Field[Any], value: Any) -> Any:
+    if value is None:
+        return None
+    kind = str(item.type)
+    if "Path" in kind:
+        return Path(value).expanduser()
+    if "datetime" in kind:
+        return value if isinstance(value, dt.datetime) else parse_time(str(value))
+    if kind == "bool":
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off"):
+                return False
+            raise SettingsError(f"invalid value {value!r} for {item.name}: use true or false")
+        return bool(value)
+    if kind == "int":
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"invalid value {value!r} for {item.name}: use a whole number") from None
+    if kind == "float":
+        return float(value)
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting, e.g. ``--include-hidden/--no-include-hidden``."""
+    defaults = Settings()
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for item in dataclasses.fields(Settings):
+        meta = item.metadata
+        group = groups.setdefault(meta["group"], parser.add_argument_group(f"{meta['group']} settings"))
+        flag = meta.get("flag") or "--" + item.name.replace("_", "-")
+        default = getattr(defaults, item.name)
+        help_text = meta["help"]
+        if str(item.type) == "bool":
+            group.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction,
+                               default=None, help=f"{help_text} (default: {'on' if default else 'off'})")
+        else:
+            group.add_argument(flag, dest=item.name, default=None, metavar=item.name.upper(),
+                               help=f"{help_text} (default: {default})")
+
+
+def settings_from_args(args: argparse.Namespace, base: Settings | None = None) -> Settings:
+    """Apply the flags that were given on top of ``base`` (config file values or defaults)."""
+    settings = base or Settings()
+    for item in dataclasses.fields(Settings):
+        value = getattr(args, item.name, None)
+        if value is not None:
+            setattr(settings, item.name, _coerce(item, value))
+    settings.validate()
+    return settings
+
+
+def load_config(path: Path | None = None) -> Settings:
+    """Read defaults from a TOML file (``[settings]`` table); missing file gives SPMT's defaults."""
+    import tomllib
+
+    if path is None:
+        base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+        path = Path(base) / "spmt-tui" / "config.toml"
+        if not path.exists():
+            return Settings()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path} not found") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError(f"invalid TOML in {path}: {error}") from None
+    table = data.get("settings", data)
+    known = {item.name for item in dataclasses.fields(Settings)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise SettingsError(f"unknown setting(s) {', '.join(unknown)} in {path}; known: {', '.join(sorted(known))}")
+    settings = Settings.from_json(table)
+    settings.validate()
+    return settings

@@ -1,0 +1,627 @@
+"""One task of a migration round: the stage workers and the queues between them."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from spmt_tui.engine import package as pkg
+from spmt_tui.engine.crypto import encrypt_blob, new_iv
+from spmt_tui.engine.jobs import JobLost, JobOutcome, QueueListener, follow_job
+from spmt_tui.engine.preflight import Target, folder_object_id
+from spmt_tui.engine.progress import ItemEvent, LogEvent, PhaseEvent
+from spmt_tui.engine.rules import Outcome, ScanRules, ScanSettings
+from spmt_tui.engine.source import Source, SourceItem
+from spmt_tui.engine.upload import (
+    CODE_FILE_CHANGED,
+    CODE_SOURCE_UNREADABLE,
+    FileChangedError,
+    SourceReadError,
+    encrypt_and_upload,
+)
+from spmt_tui.logs import redact
+from spmt_tui.spo.containers import ContainerExpired, StorageTransport, download_log, upload_small
+from spmt_tui.spo.http import HttpError
+from spmt_tui.spo.sharepoint import FileInfo, ProvisionedContainers, SharePointClient, UserInfo
+
+if TYPE_CHECKING:
+    from spmt_tui.engine.migration import Migration, MigrationTask
+
+log = logging.getLogger("spmt.engine.task")
+
+CODE_JOB_FATAL = "0x01710006"
+CODE_JOB_ITEM_FAILED = "0x01710009"
+CODE_UPLOAD_FAILED = "0x01510001"
+CODE_CONTAINER_EXPIRED = "0x01610001"
+CODE_SUBMIT_FAILED = "0x01610002"
+CODE_DESTINATION_NEWER = "DESTINATION_NEWER"
+CODE_UNCHANGED = "UNCHANGED"
+
+MAX_CONTAINER_RETRIES = 3
+FILE_CHANGED_RETRY_DELAY = 1.0
+SCAN_BATCH = 2000
+
+
+@dataclass
+class WorkFile:
+    row_id: int
+    item: SourceItem
+    relative_path: str        # destination path relative to the library root
+    object_id: str
+    item_id: str
+    int_id: int
+    parent_id: str
+    existing_id: str | None   # id of a file already at this URL (then the package reuses it)
+
+
+@dataclass
+class WorkFolder:
+    row_id: int | None
+    relative_path: str
+    object_id: str
+    item_id: str
+    int_id: int
+    parent_id: str
+    created_ts: float | None
+    modified_ts: float | None
+
+
+@dataclass
+class Package:
+    number: int
+    files: list[WorkFile]
+    folders: list[WorkFolder]
+    bytes: int
+
+
+_END = object()
+
+
+def _utc(ts: float | None) -> dt.datetime:
+    if ts is None:
+        return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.fromtimestamp(int(ts), dt.timezone.utc)
+
+
+class TaskRunner:
+    """Runs scan, package, upload, submit and follow for one task in one round."""
+
+    def __init__(
+        self,
+        migration: "Migration",
+        task_id: int,
+        task: "MigrationTask",
+        round_number: int,
+        target: Target,
+        client: SharePointClient,
+        transport: StorageTransport,
+        source: Source,
+        user: UserInfo | None,
+    ) -> None:
+        self.m = migration
+        self.settings = migration.settings
+        self.store = migration.store
+        self.stats = migration.stats
+        self.sink = migration.sink
+        self.task_id = task_id
+        self.task = task
+        self.round = round_number
+        self.target = target
+        self.client = client
+        self.transport = transport
+        self.source = source
+        self.user = user
+        self.folders: dict[str, WorkFolder] = {}          # by destination relative path (lower)
+        self.existing_folders: dict[str, str] = {}        # lower relative path -> id at destination
+        self.dest_files: dict[str, dict[str, FileInfo]] = {}
+        self.upload_slots = asyncio.Semaphore(self.settings.upload_concurrency)
+        self.job_slots = asyncio.Semaphore(self.settings.jobs_in_flight)
+        self.queue_listener: QueueListener | None = None
+        self.scan_issues = 0
+        self.package_numbers = self.store.next_package_number(task_id)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _event(self, row_id: int, path: str, state: str, size: int = 0, code: str = "",
+               message: str = "") -> None:
+        self.sink(ItemEvent(row_id, self.task_id, path, state, size, code, message))
+
+    def _library_relative(self, relative_destination: str) -> str:
+        base = self.target.folder_path
+        if not relative_destination:
+            return base
+        return f"{base}/{relative_destination}" if base else relative_destination
+
+    def _server_relative(self, library_relative: str) -> str:
+        root = self.target.library.root_folder_url.rstrip("/")
+        return f"{root}/{library_relative}" if library_relative else root
+
+    # -- the run ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        for folder in self.target.folder_chain:
+            if folder.exists:
+                self.existing_folders[folder.relative_path.lower()] = folder.id
+        package_queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=4 * self.settings.package_max_files)
+        self.m.stats.set_phase("scanning", self.task.describe())
+        self.sink(PhaseEvent("scanning", self.task.describe()))
+        if self.settings.scan_only:
+            await self._scan(None)
+            return
+        if not self.settings.start_when_no_issue:
+            pass
+        upload_queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(1, self.settings.packages_in_flight))
+        queue_uri = await self.client.provision_queue()
+        self.queue_listener = QueueListener(self.transport, queue_uri)
+        self.queue_listener.start()
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._scan(package_queue), name="scan")
+                group.create_task(self._packager(package_queue, upload_queue), name="packager")
+                workers = [group.create_task(self._package_worker(upload_queue), name=f"package-{n}")
+                           for n in range(self.settings.packages_in_flight)]
+                del workers
+        finally:
+            await self.queue_listener.stop()
+
+    # -- scan ---------------------------------------------------------------------------------
+
+    async def _scan(self, out: asyncio.Queue[Any] | None) -> None:
+        settings = self.settings
+        rules = ScanRules(
+            self.target.server_relative_url,
+            ScanSettings(
+                include_hidden=settings.include_hidden,
+                created_after=settings.created_after,
+                modified_after=settings.modified_after,
+                skipped_extensions=settings.skip_extensions,
+                replacement_char=settings.replace_invalid_char,
+            ),
+            destination_is_library_root=not self.target.folder_path,
+        )
+        previous = self.store.previous_results(self.task_id, self.round)
+        try:
+            async for batch in self.source.walk(SCAN_BATCH):
+                await self.m._gate()
+                results = rules.evaluate(batch)
+                records = []
+                ready: list[tuple[int, SourceItem, str, Any]] = []
+                for item, result in zip(batch, results):
+                    if item.error is not None and item.is_folder:
+                        result = rules.record_unreadable_folder(item.parts, item.error)
+                    destination = rules.destination_path(item.parent, item.name, result) \
+                        if result.outcome is Outcome.PASS else None
+                    records.append((item, result, destination))
+                row_ids = self.store.record_scanned(self.task_id, self.round, records)
+                for (item, result, destination), row_id in zip(records, row_ids):
+                    self.stats.add("scanned")
+                    if result.outcome is not Outcome.PASS:
+                        state = "skipped" if result.outcome is Outcome.SKIP else "failed"
+                        self.stats.add(state)
+                        if state == "failed":
+                            self.scan_issues += 1
+                        self._event(row_id, item.relative_path, state, item.size, result.code or "",
+                                    result.message)
+                        continue
+                    self._event(row_id, item.relative_path, "scanned", item.size)
+                    ready.append((row_id, item, destination, previous.get(item.relative_path)))
+                if out is None:
+                    continue
+                for row_id, item, destination, before in ready:
+                    work = await self._plan_item(row_id, item, destination, before)
+                    if work is not None:
+                        await out.put(work)
+        finally:
+            if out is not None:
+                await out.put(_END)
+
+    async def _destination_listing(self, library_relative_folder: str) -> dict[str, FileInfo]:
+        """Files at the destination in a folder that already existed there (lower-case names)."""
+        key = library_relative_folder.lower()
+        if key not in self.dest_files:
+            url = self._server_relative(library_relative_folder)
+            files = await self.client.folder_files(url)
+            folders = await self.client.folder_folders(url)
+            self.dest_files[key] = {f.name.lower(): f for f in files}
+            for folder in folders:
+                child = f"{library_relative_folder}/{folder.name}" if library_relative_folder else folder.name
+                self.existing_folders[child.lower()] = folder.id
+        return self.dest_files[key]
+
+    def _parent_id(self, library_relative: str) -> str:
+        parent = library_relative.rpartition("/")[0]
+        if not parent:
+            return self.target.library.root_folder_id
+        existing = self.existing_folders.get(parent.lower())
+        if existing:
+            return existing
+        folder = self.folders.get(parent.lower())
+        if folder is not None:
+            return folder.object_id
+        return folder_object_id(self.target.site_url, self.target.library.id, parent)
+
+    async def _plan_item(
+        self, row_id: int, item: SourceItem, destination: str, before: dict[str, Any] | None
+    ) -> WorkFile | WorkFolder | None:
+        """Decide whether an item that passed the rules must be migrated, and give it its ids."""
+        library_relative = self._library_relative(destination)
+        parent = library_relative.rpartition("/")[0]
+        lib_id = self.target.library.id
+        parent_exists = (not parent) or parent.lower() in self.existing_folders
+        if item.is_folder:
+            if parent_exists:
+                await self._destination_listing(parent)
+            existing_id = self.existing_folders.get(library_relative.lower())
+            if existing_id is not None:
+                self.store.mark(row_id, "migrated", code=CODE_UNCHANGED,
+                                message="folder already exists at the destination")
+                self.stats.add("migrated")
+                self._event(row_id, item.relative_path, "migrated")
+                return None
+            object_id = folder_object_id(self.target.site_url, lib_id, library_relative)
+            ids = self.store.assign_ids(row_id, lib_id, object_id, self.target.max_item_id)
+            folder = WorkFolder(row_id, library_relative, object_id, ids.item_id, ids.int_id,
+                                self._parent_id(library_relative), item.created_ts, item.modified_ts)
+            self.folders[library_relative.lower()] = folder
+            return folder
+        self.stats.add_bytes(total=item.size)
+        existing: FileInfo | None = None
+        if parent_exists:
+            listing = await self._destination_listing(parent)
+            existing = listing.get(item.name.lower() if destination.rpartition("/")[2] == item.name
+                                   else destination.rpartition("/")[2].lower())
+        if self.settings.incremental:
+            unchanged = (before is not None and before.get("status") == "migrated"
+                         and before.get("size") == item.size
+                         and before.get("modified_ts") == item.modified_ts)
+            if unchanged:
+                self.store.mark(row_id, "skipped", code=CODE_UNCHANGED,
+                                message="unchanged since the last round")
+                self.stats.add("skipped")
+                self._event(row_id, item.relative_path, "skipped", item.size, CODE_UNCHANGED)
+                self.stats.add_bytes(total=-item.size)
+                return None
+            if existing is not None and item.modified_ts is not None:
+                dest_time = _parse_sp_time(existing.time_last_modified)
+                if dest_time is not None and dest_time >= int(item.modified_ts):
+                    self.store.mark(row_id, "skipped", code=CODE_DESTINATION_NEWER,
+                                    message="the destination file is as new or newer; kept")
+                    self.stats.add("skipped")
+                    self._event(row_id, item.relative_path, "skipped", item.size, CODE_DESTINATION_NEWER)
+                    self.stats.add_bytes(total=-item.size)
+                    return None
+        object_id = existing.id if existing is not None else pkg.object_ids(
+            self.target.site_url, lib_id, library_relative)[0]
+        ids = self.store.assign_ids(row_id, lib_id, object_id, self.target.max_item_id)
+        return WorkFile(row_id, item, library_relative, object_id, ids.item_id, ids.int_id,
+                        self._parent_id(library_relative), existing.id if existing else None)
+
+    # -- packaging ---------------------------------------------------------------------------
+
+    async def _packager(self, inbox: asyncio.Queue[Any], out: asyncio.Queue[Any]) -> None:
+        max_files = self.settings.package_max_files
+        max_bytes = self.settings.package_max_mb * 2**20
+        files: list[WorkFile] = []
+        folders: list[WorkFolder] = []
+        size = 0
+
+        async def emit() -> None:
+            nonlocal files, folders, size
+            if not files and not folders:
+                return
+            number = self.package_numbers
+            self.package_numbers += 1
+            package = Package(number, files, self._with_ancestors(files, folders), size)
+            self.store.assign_package(number, [f.row_id for f in files] +
+                                      [f.row_id for f in folders if f.row_id is not None])
+            for work in files:
+                self.stats.add("packaged")
+                self._event(work.row_id, work.item.relative_path, "packaged", work.item.size)
+            await out.put(package)
+            files, folders, size = [], [], 0
+
+        while True:
+            work = await inbox.get()
+            if work is _END:
+                break
+            if isinstance(work, WorkFolder):
+                folders.append(work)
+                if len(files) + len(folders) >= max_files:
+                    await emit()
+                continue
+            if work.item.size >= max_bytes:
+                # A large file travels alone, with the folders it needs.
+                number = self.package_numbers
+                self.package_numbers += 1
+                package = Package(number, [work], self._with_ancestors([work], []), work.item.size)
+                self.store.assign_package(number, [work.row_id])
+                self.stats.add("packaged")
+                self._event(work.row_id, work.item.relative_path, "packaged", work.item.size)
+                await out.put(package)
+                continue
+            files.append(work)
+            size += work.item.size
+            if len(files) + len(folders) >= max_files or size >= max_bytes:
+                await emit()
+        await emit()
+        for _ in range(self.settings.packages_in_flight):
+            await out.put(_END)
+
+    def _with_ancestors(self, files: list[WorkFile], folders: list[WorkFolder]) -> list[WorkFolder]:
+        """The package's folders plus every new folder its items sit in, parents first."""
+        chosen: dict[str, WorkFolder] = {f.relative_path.lower(): f for f in folders}
+        for path in [f.relative_path for f in files] + [f.relative_path for f in folders]:
+            parent = path.rpartition("/")[0]
+            while parent and parent.lower() not in chosen:
+                if parent.lower() in self.existing_folders:
+                    break
+                folder = self.folders.get(parent.lower()) or self._chain_folder(parent)
+                if folder is None:
+                    break
+                chosen[parent.lower()] = folder
+                parent = parent.rpartition("/")[0]
+        return sorted(chosen.values(), key=lambda f: f.relative_path.count("/"))
+
+    def _chain_folder(self, path: str) -> WorkFolder | None:
+        """A folder of the target path (``--folder``) that does not exist yet."""
+        for index, folder in enumerate(self.target.folder_chain):
+            if folder.relative_path.lower() == path.lower() and not folder.exists:
+                parent = self.target.folder_chain[index - 1].id if index else self.target.library.root_folder_id
+                ids = self.store.assign_ids(None, self.target.library.id, folder.id, self.target.max_item_id)
+                work = WorkFolder(None, folder.relative_path, folder.id, ids.item_id, ids.int_id, parent,
+                                  None, None)
+                self.folders[path.lower()] = work
+                return work
+        return None
+
+    # -- upload, submit, follow --------------------------------------------------------------
+
+    async def _package_worker(self, inbox: asyncio.Queue[Any]) -> None:
+        while True:
+            package = await inbox.get()
+            if package is _END:
+                return
+            await self.m._gate()
+            await self._migrate_package(package)
+
+    async def _migrate_package(self, package: Package) -> None:
+        fatal_attempts = 0
+        container_attempts = 0
+        while True:
+            try:
+                outcome, containers, job_id = await self._upload_and_submit(package)
+            except ContainerExpired as error:
+                container_attempts += 1
+                log.warning("package %d: container expired (%s); provisioning new containers",
+                            package.number, error)
+                if container_attempts >= MAX_CONTAINER_RETRIES:
+                    self._fail_package(package, CODE_CONTAINER_EXPIRED,
+                                       "the Azure containers expired repeatedly; resume the session later")
+                    return
+                continue
+            except HttpError as error:
+                self._fail_package(package, CODE_SUBMIT_FAILED, f"job submission failed: {error}")
+                return
+            if outcome is None:
+                return  # every file of the package failed before submission
+            if outcome.fatal is not None and fatal_attempts < self.settings.fatal_retries:
+                fatal_attempts += 1
+                log.warning("package %d job %s: JobFatalError %s; submitting again (%d of %d)",
+                            package.number, job_id, outcome.fatal.get("Message"), fatal_attempts,
+                            self.settings.fatal_retries)
+                self._emit_log("warning", f"package {package.number}: JobFatalError, submitting again")
+                continue
+            await self._apply_outcome(package, outcome, containers, job_id)
+            return
+
+    async def _upload_and_submit(
+        self, package: Package
+    ) -> tuple[JobOutcome | None, ProvisionedContainers, str]:
+        containers = await self.client.provision_containers()
+        data = self.transport.container(containers.data_uri)
+        metadata = self.transport.container(containers.metadata_uri)
+        try:
+            results = await asyncio.gather(*(self._upload_file(package, work, data, containers.key)
+                                             for work in package.files))
+            uploaded = [(work, result) for work, result in zip(package.files, results) if result is not None]
+            if not uploaded and not package.folders:
+                return None, containers, ""
+            package.files = [work for work, _ in uploaded]
+            files = self._build_package(package, dict((w.row_id, r) for w, r in uploaded))
+            known = set(self.existing_folders.values()) | {self.target.library.root_folder_id}
+            pkg.validate_package(files, known_ids=known)
+            for name, content in files.items():
+                iv = new_iv()
+                cipher = encrypt_blob(containers.key, iv, content)
+                import hashlib
+
+                await upload_small(metadata, name, cipher, iv, hashlib.md5(cipher).digest())
+            async with self.job_slots:
+                await self.m._gate()
+                job_id = await self.client.create_migration_job_encrypted(
+                    self.target.web.id, containers, self._queue_uri())
+                self.store.package_submitted(package.number, self.task_id, job_id,
+                                             [w.row_id for w in package.files])
+                for work in package.files:
+                    self.stats.add("submitted")
+                    self._event(work.row_id, work.item.relative_path, "submitted", work.item.size)
+                self.stats.job_delta(+1)
+                try:
+                    inbox = self.queue_listener.watch(job_id, containers.key) if self.queue_listener else None
+                    outcome = await follow_job(
+                        self.client, job_id, inbox=inbox, poll_seconds=self.settings.job_poll_seconds,
+                        on_token=lambda token, j=job_id: self.store.job_token(j, token),
+                    )
+                except JobLost as error:
+                    log.warning("package %d: %s; submitting again", package.number, error)
+                    outcome = JobOutcome(job_id, fatal={"Message": str(error)})
+                finally:
+                    self.stats.job_delta(-1)
+                    if self.queue_listener:
+                        self.queue_listener.forget(job_id)
+            await self._save_import_log(metadata, job_id, containers.key)
+            return outcome, containers, job_id
+        finally:
+            await data.close()
+            await metadata.close()
+
+    def _queue_uri(self) -> str | None:
+        listener = self.queue_listener
+        return listener.queue_uri if listener is not None else None
+
+    async def _upload_file(self, package: Package, work: WorkFile, container: Any, key: bytes) -> Any:
+        blob_name = f"{work.object_id}.dat"
+        for attempt in (1, 2):
+            async with self.upload_slots:
+                await self.m._gate()
+                try:
+                    result = await encrypt_and_upload(self.source, work.item, container, key, blob_name,
+                                                      self.stats)
+                except FileChangedError as error:
+                    if attempt == 1:
+                        await asyncio.sleep(FILE_CHANGED_RETRY_DELAY)
+                        continue
+                    self._fail_item(work, CODE_FILE_CHANGED,
+                                    f"{error}; it will be picked up by the next round")
+                    return None
+                except SourceReadError as error:
+                    self._fail_item(work, CODE_SOURCE_UNREADABLE, str(error))
+                    return None
+            self.stats.add("uploaded")
+            self._event(work.row_id, work.item.relative_path, "uploaded", work.item.size)
+            return result
+        return None
+
+    def _build_package(self, package: Package, results: dict[int, Any]) -> dict[str, bytes]:
+        return build_package_files(self, package, results)
+
+    async def _apply_outcome(
+        self, package: Package, outcome: JobOutcome, containers: ProvisionedContainers, job_id: str
+    ) -> None:
+        if outcome.fatal is not None:
+            message = str(outcome.fatal.get("Message", "JobFatalError"))
+            self._fail_package(package, CODE_JOB_FATAL, f"job {job_id} ended with JobFatalError: {message}")
+            return
+        errors: dict[str, dict[str, Any]] = {}
+        for event in outcome.errors:
+            for key in (str(event.get("Id", "")).lower(), str(event.get("Url", "")).lower().strip("/")):
+                if key:
+                    errors[key] = event
+        for work in package.files:
+            event = errors.get(work.object_id.lower()) or errors.get(work.item_id.lower()) or \
+                errors.get(self._server_relative(work.relative_path).lower().strip("/")) or \
+                errors.get(work.relative_path.lower())
+            if event is not None:
+                self._fail_item(work, str(event.get("ErrorCode", CODE_JOB_ITEM_FAILED)),
+                                f"{event.get('Message', 'import failed')} (job {job_id})")
+                continue
+            self.store.mark(work.row_id, "migrated", job_id=job_id)
+            self.stats.add("migrated")
+            self.stats.add_bytes(migrated=work.item.size)
+            self._event(work.row_id, work.item.relative_path, "migrated", work.item.size)
+        for folder in package.folders:
+            if folder.row_id is not None:
+                event = errors.get(folder.object_id.lower())
+                if event is not None:
+                    self.store.mark(folder.row_id, "failed", code=str(event.get("ErrorCode", "")),
+                                    message=str(event.get("Message", "")), job_id=job_id)
+                elif self.store.mark_if_not(folder.row_id, "migrated", job_id=job_id):
+                    self.stats.add("migrated")
+
+    async def _save_import_log(self, metadata: Any, job_id: str, key: bytes) -> None:
+        folder = self.m.session_dir / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        for suffix in ("log", "err", "wrn"):
+            name = f"Import-{job_id}-1.{suffix}"
+            try:
+                content = await download_log(metadata, name, key)
+            except Exception as error:  # noqa: BLE001 - a missing log must not fail the package
+                log.warning("job %s: could not read %s: %s", job_id, name, redact(str(error)))
+                continue
+            if content is not None:
+                (folder / name).write_bytes(content)
+
+    def _fail_item(self, work: WorkFile, code: str, message: str) -> None:
+        self.store.mark(work.row_id, "failed", code=code, message=message)
+        self.stats.add("failed")
+        self._event(work.row_id, work.item.relative_path, "failed", work.item.size, code, message)
+        log.warning("%s failed: %s %s", work.item.relative_path, code, message)
+
+    def _fail_package(self, package: Package, code: str, message: str) -> None:
+        log.error("package %d failed: %s %s", package.number, code, message)
+        self._emit_log("error", f"package {package.number}: {message}")
+        for work in package.files:
+            self._fail_item(work, code, message)
+
+    def _emit_log(self, level: str, message: str) -> None:
+        self.sink(LogEvent(level, message))
+
+
+def _parse_sp_time(text: str) -> int | None:
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return int(value.timestamp())
+
+
+def build_package_files(runner: TaskRunner, package: Package, results: dict[int, Any]) -> dict[str, bytes]:
+    """Build the package XML files for ``package`` from the uploaded blobs' results."""
+    import uuid
+
+    target = runner.target
+    ids = pkg.TargetIds(
+        site_url=target.site_url,
+        web_id=uuid.UUID(target.web.id),
+        web_url=target.web.server_relative_url,
+        web_root_folder_id=uuid.UUID(target.web.root_folder_id),
+        list_id=uuid.UUID(target.library.id),
+        list_title=target.library.title,
+        list_root_folder_id=uuid.UUID(target.library.root_folder_id),
+        list_root_folder_url=target.library.root_folder_url,
+    )
+    users: list[pkg.PackageUser] = []
+    author = pkg.SYSTEM_ACCOUNT_USER_ID
+    if runner.user is not None:
+        users.append(pkg.PackageUser(1, runner.user.title, runner.user.login, runner.user.email,
+                                     is_site_admin=runner.user.is_site_admin))
+        author = 1
+    items: list[pkg.PackageItem] = []
+    for folder in package.folders:
+        items.append(pkg.PackageFolder(
+            object_id=uuid.UUID(folder.object_id),
+            item_id=uuid.UUID(folder.item_id),
+            int_id=folder.int_id,
+            name=folder.relative_path.rpartition("/")[2],
+            path=folder.relative_path,
+            parent_id=uuid.UUID(folder.parent_id),
+            created=_utc(folder.created_ts),
+            modified=_utc(folder.modified_ts),
+            author_id=author,
+            editor_id=author,
+        ))
+    for work in package.files:
+        result = results[work.row_id]
+        items.append(pkg.PackageFile(
+            object_id=uuid.UUID(work.object_id),
+            item_id=uuid.UUID(work.item_id),
+            int_id=work.int_id,
+            name=work.relative_path.rpartition("/")[2],
+            path=work.relative_path,
+            parent_id=uuid.UUID(work.parent_id),
+            size=result.plain_size,
+            created=_utc(work.item.created_ts),
+            modified=_utc(work.item.modified_ts),
+            author_id=author,
+            editor_id=author,
+            blob_name=result.blob_name,
+            md5_base64=result.md5_base64,
+            checksum_base64=result.checksum_base64 or None,
+        ))
+    return pkg.build_package(ids, items, users)

@@ -1,0 +1,147 @@
+"""Encrypt a source file and upload it as one blob, streaming, hashing in the same pass.
+
+Files up to ``SINGLE_PUT_LIMIT`` go up in one request; larger ones as 4 MiB blocks with a few
+blocks in flight. Reading and encrypting run in worker threads (the GIL is released by OpenSSL
+and by file reads), so the event loop keeps serving other uploads. A file is never held whole in
+memory unless it is smaller than one block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import AsyncIterator, BinaryIO
+
+from azure.storage.blob.aio import ContainerClient
+
+from spmt_tui.engine.crypto import BlobEncryptor, new_iv
+from spmt_tui.engine.progress import Stats
+from spmt_tui.engine.source import Source, SourceItem
+from spmt_tui.spo.containers import BLOCK_SIZE, upload_blocks, upload_small
+
+log = logging.getLogger("spmt.engine.upload")
+
+SINGLE_PUT_LIMIT = BLOCK_SIZE
+# Azure allows at most 50,000 committed blocks per blob, so blocks grow for files over ~195 GiB.
+MAX_BLOCKS = 50_000
+
+
+def block_size_for(cipher_size: int) -> int:
+    """Return the block size (a multiple of 1 MiB, at least 4 MiB) that fits Azure's block limit."""
+    mib = 2**20
+    needed = -(-cipher_size // MAX_BLOCKS)
+    return max(BLOCK_SIZE, -(-needed // mib) * mib)
+CODE_FILE_CHANGED = "0x02080001"
+CODE_SOURCE_UNREADABLE = "0x01110003"
+
+
+class FileChangedError(Exception):
+    """The file's size or modified time changed while it was read (SPMT 0x02080001)."""
+
+
+class SourceReadError(Exception):
+    """The file could not be opened or read."""
+
+
+@dataclass(frozen=True)
+class BlobResult:
+    blob_name: str
+    plain_size: int
+    cipher_size: int
+    md5_base64: str
+    checksum_base64: str
+    iv_base64: str
+
+
+def _read_all(handle: BinaryIO) -> bytes:
+    return handle.read()
+
+
+def _encrypt_whole(encryptor: BlobEncryptor, data: bytes) -> bytes:
+    return encryptor.update(data) + encryptor.finalize()
+
+
+async def encrypt_and_upload(
+    source: Source,
+    item: SourceItem,
+    container: ContainerClient,
+    key: bytes,
+    blob_name: str,
+    stats: Stats | None = None,
+    *,
+    blocks_in_flight: int = 4,
+) -> BlobResult:
+    """Upload ``item`` encrypted under ``key`` with a fresh IV; verify it did not change meanwhile."""
+    before = await asyncio.to_thread(source.stat, item)
+    if before is None:
+        raise SourceReadError(f"{item.relative_path} no longer exists at the source")
+    try:
+        handle = await asyncio.to_thread(source.open, item)
+    except OSError as error:
+        raise SourceReadError(f"cannot open {item.relative_path}: {error.strerror or error}") from error
+    encryptor = BlobEncryptor(key, new_iv())
+    try:
+        if before.size < SINGLE_PUT_LIMIT:
+            data = await asyncio.to_thread(_read_all, handle)
+            if len(data) > SINGLE_PUT_LIMIT:
+                raise FileChangedError(f"{item.relative_path} grew while it was read")
+            cipher = await asyncio.to_thread(_encrypt_whole, encryptor, data)
+            await upload_small(container, blob_name, cipher, encryptor.iv, encryptor.md5_digest)
+            if stats is not None:
+                stats.add_bytes(uploaded=len(data))
+        else:
+            await upload_blocks(
+                container,
+                blob_name,
+                _encrypted_chunks(handle, encryptor, stats, block_size_for(before.size + 16)),
+                encryptor.iv,
+                lambda: encryptor.md5_digest,
+                in_flight=blocks_in_flight,
+            )
+    except OSError as error:
+        raise SourceReadError(f"cannot read {item.relative_path}: {error.strerror or error}") from error
+    finally:
+        await asyncio.to_thread(handle.close)
+    after = await asyncio.to_thread(source.stat, item)
+    if after is None or after.size != before.size or after.modified_ts != before.modified_ts \
+            or encryptor.plain_size != before.size:
+        raise FileChangedError(
+            f"{item.relative_path} changed while it was read "
+            f"(size {before.size} -> {after.size if after else 'gone'})")
+    return BlobResult(
+        blob_name=blob_name,
+        plain_size=encryptor.plain_size,
+        cipher_size=encryptor.cipher_size,
+        md5_base64=encryptor.md5_base64,
+        checksum_base64=encryptor.checksum_base64 or "",
+        iv_base64=encryptor.iv_base64,
+    )
+
+
+async def _encrypted_chunks(
+    handle: BinaryIO, encryptor: BlobEncryptor, stats: Stats | None, block_size: int
+) -> AsyncIterator[bytes]:
+    def step() -> tuple[bytes, int]:
+        chunk = handle.read(block_size)
+        if not chunk:
+            return encryptor.finalize(), 0
+        return encryptor.update(chunk), len(chunk)
+
+    pending = b""
+    while True:
+        out, read = await asyncio.to_thread(step)
+        pending += out
+        if stats is not None and read:
+            stats.add_bytes(uploaded=read)
+        # Blocks of exactly block_size keep Azure's block count predictable; the rest goes last.
+        if len(pending) == block_size:
+            yield pending
+            pending = b""
+        while len(pending) >= block_size:
+            yield pending[:block_size]
+            pending = pending[block_size:]
+        if read == 0:
+            break
+    if pending:
+        yield pending

@@ -1,0 +1,141 @@
+"""Shared fixtures: a real sandbox tenant (HTTPS server plus Azurite) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+XSD_DIR = SHARED / "reference" / "xsd"
+CASES = SHARED / "cases"
+
+
+def free_port_block(count: int = 3) -> int:
+    """Return a port P such that P .. P+count-1 are all free on 127.0.0.1."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + count > 65535:
+            continue
+        ok = True
+        for port in range(base, base + count):
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free block of ports on 127.0.0.1")
+
+
+@dataclass
+class Sandbox:
+    """A running sandbox process and its tenant profile."""
+
+    data_dir: Path
+    process: subprocess.Popen[str]
+    profile: dict[str, Any]
+
+    @property
+    def profile_path(self) -> Path:
+        return self.data_dir / "tenant.json"
+
+    @property
+    def site_url(self) -> str:
+        return self.profile["site_url"]
+
+    @property
+    def ca_bundle(self) -> str:
+        return self.profile["ca_bundle"]
+
+    def admin(self, action: str, body: dict[str, Any] | None = None) -> Any:
+        sandbox = self.profile["sandbox"]
+        url = f"{sandbox['admin_url']}/{action}"
+        headers = {"X-Sandbox-Admin-Key": sandbox["admin_key"]}
+        if body is None:
+            response = requests.get(url, headers=headers, verify=self.ca_bundle, timeout=30)
+        else:
+            response = requests.post(url, json=body, headers=headers, verify=self.ca_bundle, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def set_faults(self, spec: str) -> None:
+        self.admin("faults", {"spec": spec})
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_sandbox(data_dir: Path, *extra: str, timeout: float = 30.0) -> Sandbox:
+    port = free_port_block()
+    command = [sys.executable, "-m", "spmt_tui", "sandbox", "--data", str(data_dir),
+               "--port", str(port), "--import-delay", "0.2", *extra]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=REPO, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.5)
+        if ready:
+            line = process.stdout.readline()
+            if line.startswith("ready "):
+                profile = json.loads((data_dir / "tenant.json").read_text())
+                return Sandbox(data_dir, process, profile)
+            if not line and process.poll() is not None:
+                break
+        if process.poll() is not None:
+            break
+    process.kill()
+    err = process.stderr.read() if process.stderr else ""
+    raise RuntimeError(f"sandbox did not become ready: {err[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """One sandbox tenant for the whole test session."""
+    box = start_sandbox(tmp_path_factory.mktemp("tenant"))
+    try:
+        yield box
+    finally:
+        box.stop()
+
+
+@pytest.fixture
+def fresh_sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    """A sandbox of its own, for tests that change faults or need an empty tenant."""
+    box = start_sandbox(tmp_path / "tenant")
+    try:
+        yield box
+    finally:
+        box.stop()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep config, data and keyring files of the code under test inside the test's folder."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", os.environ.get("PYTHON_KEYRING_BACKEND",
+                                                                 "keyring.backends.fail.Keyring"))

@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Without a command, opens the terminal UI.",
     )
     parser.add_argument("--version", action="version", version=f"spmt-tui {__version__}")
+    ui = parser.add_argument_group("terminal UI (when no command is given)")
+    ui.add_argument("--tenant-profile", type=Path, default=None,
+                    help="tenant profile to sign in with (the sandbox writes DIR/tenant.json)")
+    ui.add_argument("--source", default=None, help="pre-fill the source folder of a new migration")
+    ui.add_argument("--theme", default=None, help="colour theme (dark, light, high-contrast)")
+    ui.add_argument("--working-folder", type=Path, default=None,
+                    help="folder for sessions, logs and reports (default: the per-user data folder)")
     commands = parser.add_subparsers(dest="command")
     _add_sandbox(commands)
     try:

@@ -1,7 +1,7 @@
 """HTTP client that MSAL uses for every request to the identity provider.
 
 MSAL accepts any object with ``get`` and ``post`` methods shaped like ``requests.Session``'s
-(``http_client=``). This one adds the traffic decoration that SharePoint Online asks for and
+(``http_client=``). This one adds the traffic decoration that SharePoint Online requests and
 passes the tenant profile's CA bundle on each request, because ``requests`` lets the
 ``REQUESTS_CA_BUNDLE`` environment variable override ``Session.verify`` when the session reads
 the environment, which it must do to honour ``HTTPS_PROXY``.

@@ -51,6 +51,7 @@ from spmt_tui.profile import TenantProfile
 from spmt_tui.spo.containers import ContainerExpired, StorageTransport, download_log, upload_small
 from spmt_tui.spo.http import HttpError, SharePointHttp, new_session
 from spmt_tui.spo.sharepoint import ProvisionedContainers, SharePointClient
+from spmt_tui.engine.task_runner import TaskRunner
 from spmt_tui.state.store import SessionStore
 
 log = logging.getLogger("spmt.engine")
@@ -128,6 +129,13 @@ class Package:
     folders: list[WorkFolder] = field(default_factory=list)
     bytes: int = 0
     attempts: int = 0
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    """Return the first exception inside (nested) exception groups, or ``error`` itself."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
 
 
 class Migration:
@@ -212,6 +220,9 @@ class Migration:
             tasks = [MigrationTask(t["source"], t["site_url"], t["library"], t["folder"])
                      for t in store.tasks()]
             stored = Settings.from_json(info["settings"])
+            if info["stored_status"] == "stopped_after_scan":
+                # The user reviewed the scan and resumes to migrate.
+                stored.start_when_no_issue = True
         finally:
             store.close()
         stored.working_folder = settings.working_folder
@@ -243,7 +254,11 @@ class Migration:
             log.error("pre-flight failed: %s", message)
             self._emit_log("error", message)
         except Exception as error:  # noqa: BLE001 - the session must record every crash
-            status, message = "failed", f"{type(error).__name__}: {redact(str(error))}"
+            leaf = _first_leaf(error)
+            if isinstance(leaf, PreflightError):
+                status, message = "failed", f"{leaf.code}: {leaf}"
+            else:
+                status, message = "failed", f"{type(leaf).__name__}: {redact(str(leaf))}"
             log.exception("migration failed")
             self._emit_log("error", message)
         finally:
@@ -268,33 +283,37 @@ class Migration:
         transport = StorageTransport(self.profile.ca_bundle, limit=self.settings.upload_concurrency + 16)
         try:
             http = SharePointHttp(http_session, self._token, on_throttle=self.stats.throttle)
-            failed_before = 0
-            for round_number in range(self.store.next_round(), self.store.next_round() + self.settings.auto_rerun):
+            rounds = self.store.rounds()
+            # An interrupted round is finished first; otherwise a run starts a new round.
+            if rounds and rounds[-1]["finished"] is None:
+                first = rounds[-1]["round"]
+            else:
+                first = self.store.next_round()
+            scan_first = self.settings.scan_only or not self.settings.start_when_no_issue
+            for round_number in range(first, first + self.settings.auto_rerun):
                 self.store.begin_round(round_number)
                 for task_index, task in enumerate(self.tasks):
                     task_id = self.store.task_id(task_index)
-                    await self._run_task(task_id, task, round_number, http, transport)
+                    await self._run_task(task_id, task, round_number, http, transport,
+                                         scan_only=scan_first)
+                if scan_first:
+                    self.store.finish_round(round_number)
                     if self.settings.scan_only:
-                        continue
-                counts = self.store.counts(round_number=round_number)
-                if self.settings.scan_only:
-                    return "scan_only", "scan finished; nothing was uploaded"
-                if self._stopped_after_scan:
+                        return "scan_only", "scan finished; nothing was uploaded"
                     return "stopped_after_scan", (
-                        "the scan found issues; review the scan reports, then resume to migrate")
-                changed = counts.get("to_migrate", 0)
-                if round_number > 1 and changed == 0:
+                        "scan finished; review the scan reports, then resume the session to migrate")
+                self.store.finish_round(round_number)
+                counts = self.store.counts(round_number=round_number)
+                if round_number > first and counts.get("to_migrate", 0) == 0:
                     break
-            counts = self.store.counts()
-            failed = counts.get("failed", 0) - failed_before
+            counts = self.store.counts(round_number=round_number)
+            failed = counts.get("failed", 0)
             if failed:
-                return "completed_with_failures", f"{failed} item(s) failed; see ItemFailureReport"
+                return "completed_with_failures", f"{failed} item(s) failed or were rejected; see ItemFailureReport"
             return "completed", ""
         finally:
             await transport.close()
             await http_session.close()
-
-    _stopped_after_scan = False
 
     async def _token(self) -> str:
         return await self.credentials.get_token()
@@ -311,6 +330,8 @@ class Migration:
         round_number: int,
         http: SharePointHttp,
         transport: StorageTransport,
+        *,
+        scan_only: bool,
     ) -> None:
         assert self.store is not None
         self.stats.set_phase("pre-flight", task.describe())
@@ -321,6 +342,8 @@ class Migration:
         target = await resolve_target(client, task.library, task.folder, app_only=app_only)
         user = None if app_only else await client.current_user()
         self.store.set_task_target(task_id, web_id=target.web.id, list_id=target.library.id)
+        self.store.set_task_status(task_id, "running")
         source = FileShareSource(task.source, follow_symlinks=self.settings.follow_symlinks)
         runner = TaskRunner(self, task_id, task, round_number, target, client, transport, source, user)
-        await runner.run()
+        await runner.run(scan_only=scan_only)
+        self.store.set_task_status(task_id, "completed")

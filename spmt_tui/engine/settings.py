@@ -37,8 +37,9 @@ class Settings:
     scan_only: bool = field(default=False, metadata=_meta(
         "only scan and write the scan reports; upload nothing", json_key="ScanOnly"))
     start_when_no_issue: bool = field(default=True, metadata=_meta(
-        "start migrating automatically when the scan finds no issue; otherwise stop after the "
-        "scan so the reports can be reviewed", json_key="StartMigrationAutomaticallyWhenNoScanIssue"))
+        "migrate while scanning, skipping and reporting items with issues; off: scan everything "
+        "first and stop so the scan reports can be reviewed, then resume the session to migrate",
+        json_key="StartMigrationAutomaticallyWhenNoScanIssue"))
     incremental: bool = field(default=True, metadata=_meta(
         "skip files that are unchanged or newer at the destination", json_key="EnableIncremental"))
     auto_rerun: int = field(default=1, metadata=_meta(

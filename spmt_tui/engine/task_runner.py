@@ -142,18 +142,17 @@ class TaskRunner:
 
     # -- the run ------------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, *, scan_only: bool = False) -> None:
         for folder in self.target.folder_chain:
             if folder.exists:
                 self.existing_folders[folder.relative_path.lower()] = folder.id
         package_queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=4 * self.settings.package_max_files)
-        self.m.stats.set_phase("scanning", self.task.describe())
-        self.sink(PhaseEvent("scanning", self.task.describe()))
-        if self.settings.scan_only:
+        self.m.stats.set_phase("scanning" if scan_only else "migrating", self.task.describe())
+        self.sink(PhaseEvent("scanning" if scan_only else "migrating", self.task.describe()))
+        if scan_only:
             await self._scan(None)
             return
-        if not self.settings.start_when_no_issue:
-            pass
+        await self._follow_pending_jobs()
         upload_queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(1, self.settings.packages_in_flight))
         queue_uri = await self.client.provision_queue()
         self.queue_listener = QueueListener(self.transport, queue_uri)
@@ -167,6 +166,41 @@ class TaskRunner:
                 del workers
         finally:
             await self.queue_listener.stop()
+
+    async def _follow_pending_jobs(self) -> None:
+        """Follow jobs submitted before an interruption to their end; never submit them again."""
+        pending: dict[str, list[Any]] = {}
+        for row in self.store.iter_items(self.task_id, status="submitted"):
+            if row.job_id:
+                pending.setdefault(row.job_id, []).append(row)
+        if not pending:
+            return
+        tokens = {job["job_id"]: job["next_token"] for job in self.store.jobs()}
+        log.info("following %d job(s) submitted before the interruption", len(pending))
+
+        async def settle(job_id: str, rows: list[Any]) -> None:
+            try:
+                outcome = await follow_job(
+                    self.client, job_id, inbox=None, next_token=tokens.get(job_id, "0"),
+                    poll_seconds=min(2.0, self.settings.job_poll_seconds),
+                    on_token=lambda token: self.store.job_token(job_id, token))
+            except JobLost as error:
+                log.warning("%s; its items are planned again", error)
+                return
+            if outcome.fatal is not None:
+                log.warning("job %s ended with JobFatalError; its items are planned again", job_id)
+                return
+            failed = {str(e.get("Id", "")).lower(): e for e in outcome.errors}
+            for row in rows:
+                event = failed.get((row.object_guid or "").lower())
+                if event is not None:
+                    self.store.mark(row.id, "failed", code=str(event.get("ErrorCode", CODE_JOB_ITEM_FAILED)),
+                                    message=str(event.get("Message", "")))
+                else:
+                    self.store.mark(row.id, "migrated")
+            self.store.job_event(job_id, "JobEnd", status="completed")
+
+        await asyncio.gather(*(settle(job_id, rows) for job_id, rows in pending.items()))
 
     # -- scan ---------------------------------------------------------------------------------
 
@@ -183,11 +217,14 @@ class TaskRunner:
             ),
             destination_is_library_root=not self.target.folder_path,
         )
-        previous = self.store.previous_results(self.task_id, self.round)
+        # Records of earlier rounds, and of this round when a run resumes it.
+        previous = self.store.previous_results(self.task_id, self.round + 1)
+        has_history = len(previous) > 0
         try:
             async for batch in self.source.walk(SCAN_BATCH):
                 await self.m._gate()
                 results = rules.evaluate(batch)
+                befores = [previous.get(item.relative_path) if has_history else None for item in batch]
                 records = []
                 ready: list[tuple[int, SourceItem, str, Any]] = []
                 for item, result in zip(batch, results):
@@ -197,7 +234,7 @@ class TaskRunner:
                         if result.outcome is Outcome.PASS else None
                     records.append((item, result, destination))
                 row_ids = self.store.record_scanned(self.task_id, self.round, records)
-                for (item, result, destination), row_id in zip(records, row_ids):
+                for (item, result, destination), row_id, before in zip(records, row_ids, befores):
                     self.stats.add("scanned")
                     if result.outcome is not Outcome.PASS:
                         state = "skipped" if result.outcome is Outcome.SKIP else "failed"
@@ -208,7 +245,7 @@ class TaskRunner:
                                     result.message)
                         continue
                     self._event(row_id, item.relative_path, "scanned", item.size)
-                    ready.append((row_id, item, destination, previous.get(item.relative_path)))
+                    ready.append((row_id, item, destination, before))
                 if out is None:
                     continue
                 for row_id, item, destination, before in ready:
@@ -278,6 +315,13 @@ class TaskRunner:
             unchanged = (before is not None and before.get("status") == "migrated"
                          and before.get("size") == item.size
                          and before.get("modified_ts") == item.modified_ts)
+            if unchanged and before is not None and before.get("round") == self.round:
+                # Migrated earlier in this same round, before the run was interrupted.
+                self.store.mark(row_id, "migrated")
+                self.stats.add("migrated")
+                self.stats.add_bytes(total=-item.size)
+                self._event(row_id, item.relative_path, "migrated", item.size)
+                return None
             if unchanged:
                 self.store.mark(row_id, "skipped", code=CODE_UNCHANGED,
                                 message="unchanged since the last round")
@@ -294,8 +338,8 @@ class TaskRunner:
                     self._event(row_id, item.relative_path, "skipped", item.size, CODE_DESTINATION_NEWER)
                     self.stats.add_bytes(total=-item.size)
                     return None
-        object_id = existing.id if existing is not None else pkg.object_ids(
-            self.target.site_url, lib_id, library_relative)[0]
+        object_id = existing.id if existing is not None else str(pkg.object_ids(
+            self.target.site_url, lib_id, library_relative)[0])
         ids = self.store.assign_ids(row_id, lib_id, object_id, self.target.max_item_id)
         return WorkFile(row_id, item, library_relative, object_id, ids.item_id, ids.int_id,
                         self._parent_id(library_relative), existing.id if existing else None)

@@ -1,10 +1,11 @@
 """Identity provider of the sandbox tenant: a small Entra ID (Azure AD v2.0 endpoint) emulator.
 
-It serves what MSAL Python needs to sign in against ``https://127.0.0.1:PORT/<tenant_id>``:
-OpenID discovery, the signing keys (JWKS), the device authorization endpoint with a device
-login page, and the token endpoint with the device code, client credentials (certificate
-assertion only), password (ROPC) and refresh token grants. ``IdentityService.authenticate``
-checks the bearer tokens that the sandbox's REST handlers receive.
+It serves what MSAL Python needs to sign in against ``https://127.0.0.1:PORT/<tenant_id>``.
+That is OpenID discovery, the signing keys (JWKS), the device authorization endpoint with a
+device login page, and the token endpoint. The token endpoint accepts the device code, client
+credentials (certificate assertion only), password (ROPC) and refresh token grants.
+``IdentityService.authenticate`` checks the bearer tokens that the sandbox's REST handlers
+receive.
 
 Failures are returned in Entra's JSON shape (``error``, ``error_description`` starting with an
 ``AADSTSnnnnn:`` code, ``error_codes``, ``trace_id``, ``correlation_id``). Where the code
@@ -538,7 +539,7 @@ class IdentityService:
         requested = str(form.get("scope", "")).split()
         scopes = self._check_user_scopes(" ".join(requested)) if requested else entry.scopes
         # NOTE: the old refresh token stops working once it is rotated. Entra keeps it valid,
-        # so a second process that still holds the old token must sign in again here.
+        # so a second process that still has the old token must sign in again here.
         del self._refresh_tokens[token]
         logger.info("refresh token rotated for %s", user.username)
         return self._user_token_response(user, client_id, scopes)
@@ -569,7 +570,11 @@ class IdentityService:
                 f"client_assertion_type must be '{JWT_BEARER_ASSERTION_TYPE}', got '{assertion_type}'.",
             )
         app = self._verify_client_assertion(assertion, str(form.get("client_id", "")))
-        scopes = str(form.get("scope", "")).split()
+        self._check_app_scope(str(form.get("scope", "")))
+        return self._app_token_response(app)
+
+    def _check_app_scope(self, scope_text: str) -> None:
+        scopes = scope_text.split()
         expected = f"{self.resource}/.default"
         resource_scopes = [s for s in scopes if s.lower() not in OIDC_SCOPES]
         if [s.lower().rstrip("/") for s in resource_scopes] != [expected.lower()]:
@@ -578,6 +583,8 @@ class IdentityService:
                 f"The scope '{' '.join(scopes)}' is not valid for the client credentials flow: "
                 f"request exactly '{expected}'.",
             )
+
+    def _app_token_response(self, app: _RegisteredApp) -> dict[str, Any]:
         registration = app.registration
         now = int(time.time())
         claims = {

@@ -36,9 +36,11 @@ SYSTEM_ACCOUNT_ID = 1073741823
 def odata_response(name: str | None, value: Any, status: int = 200) -> web.Response:
     """Wrap ``value`` as SharePoint's verbose JSON: ``{"d": {name: value}}`` or ``{"d": value}``."""
     body = {"d": {name: value}} if name else {"d": value}
-    return web.json_response(
-        body, status=status, content_type="application/json", headers=_odata_headers()
-    )
+    return _json(body, status)
+
+
+def _json(body: Any, status: int) -> web.Response:
+    return web.Response(body=json.dumps(body).encode("utf-8"), status=status, headers=_odata_headers())
 
 
 def _odata_headers() -> dict[str, str]:
@@ -54,7 +56,7 @@ def sp_error(status: int, code: str, message: str) -> web.Response:
             "innererror": {"message": message, "type": code.split(", ")[-1], "stacktrace": ""},
         }
     }
-    return web.json_response(body, status=status, headers=_odata_headers())
+    return _json(body, status)
 
 
 class RestError(Exception):

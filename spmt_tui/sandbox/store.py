@@ -345,6 +345,31 @@ class TenantStore:
         shutil.rmtree(self.content_dir, ignore_errors=True)
         self.content_dir.mkdir(parents=True, exist_ok=True)
 
+    # -- users created by the import timer job ---------------------------------------------
+
+    def ensure_deleted_user(self, site_id: str, login: str, email: str, title: str) -> SiteUser:
+        """Return the user with ``login``, creating it marked as deleted when it does not exist.
+
+        Imports use this for departed users, whose documents keep their name as author.
+        """
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT * FROM users WHERE site_id = ? AND lower(login) = lower(?)", (site_id, login)
+            ).fetchone()
+            if row is None:
+                next_id = db.execute(
+                    "SELECT COALESCE(MAX(id), 6) + 1 FROM users WHERE site_id = ?", (site_id,)
+                ).fetchone()[0]
+                db.execute(
+                    "INSERT INTO users (site_id, id, login, email, title, is_site_admin, is_deleted) "
+                    "VALUES (?, ?, ?, ?, ?, 0, 1)",
+                    (site_id, next_id, login, email, title),
+                )
+                row = db.execute(
+                    "SELECT * FROM users WHERE site_id = ? AND id = ?", (site_id, next_id)
+                ).fetchone()
+        return _user(row)
+
 
 class _Transaction:
     def __init__(self, store: TenantStore) -> None:

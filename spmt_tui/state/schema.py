@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     status      TEXT NOT NULL DEFAULT 'pending',
     web_id      TEXT,
     list_id     TEXT,
+    destination_url TEXT,                 -- absolute URL of the target folder, once resolved
     started     REAL,
     finished    REAL
 );

@@ -227,7 +227,7 @@ class _Queries:
         with self._lock:
             cursor = self._connection.execute(
                 "SELECT id, position, task_key, source, site_url, library, folder, status, web_id, "
-                "list_id, started, finished FROM tasks ORDER BY position"
+                "list_id, destination_url, started, finished FROM tasks ORDER BY position"
             )
             names = [column[0] for column in cursor.description]
             return [dict(zip(names, row)) for row in cursor.fetchall()]
@@ -418,6 +418,31 @@ class _Queries:
             ).fetchall()
         return [row[0] for row in rows]
 
+    def item_breakdown(self, task_id: int, round_number: int) -> list[dict[str, Any]]:
+        """Return item counts and bytes of one task and round, grouped for reports.
+
+        Each row has ``kind``, ``status``, ``category``, ``code`` ("" when unset),
+        ``packaged``, ``submitted`` (has a job id), ``reuploaded``, ``resubmitted``, ``read``
+        (booleans), ``count`` and ``bytes``.
+        """
+        with self._lock:
+            rows = self._connection.execute(
+                "SELECT kind, status, COALESCE(category, ''), COALESCE(code, ''), "
+                "package_number IS NOT NULL, job_id IS NOT NULL, upload_attempts > 1, "
+                "submit_attempts > 1, read_attempts > 0, count(*), COALESCE(sum(size), 0) "
+                "FROM items WHERE task_id = ? AND round = ? GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9",
+                (task_id, round_number),
+            ).fetchall()
+        keys = ("kind", "status", "category", "code", "packaged", "submitted", "reuploaded",
+                "resubmitted", "read", "count", "bytes")
+        result = []
+        for row in rows:
+            entry = dict(zip(keys, row))
+            for flag in ("packaged", "submitted", "reuploaded", "resubmitted", "read"):
+                entry[flag] = bool(entry[flag])
+            result.append(entry)
+        return result
+
     # -- packages and jobs --------------------------------------------------------------------
 
     def packages(self, task_id: int | None = None) -> list[dict[str, Any]]:
@@ -452,6 +477,10 @@ class _Queries:
                     "SELECT scope, name, value FROM counters WHERE scope = ?", (scope,)
                 ).fetchall()
         return {(row[0], row[1]): row[2] for row in rows}
+
+
+StoreReader = _Queries
+"""Read interface shared by :class:`SessionStore` and :class:`ReadOnlyStore`."""
 
 
 class PreviousResults(Mapping[str, dict[str, Any]]):
@@ -666,11 +695,16 @@ class SessionStore(_Queries):
         with self._transaction() as connection:
             connection.execute("UPDATE rounds SET finished = ? WHERE round = ?", (time.time(), round_number))
 
-    def set_task_target(self, task_id: int, *, web_id: str, list_id: str) -> None:
-        """Store the resolved target ids of a task."""
+    def set_task_target(
+        self, task_id: int, *, web_id: str, list_id: str, destination_url: str | None = None
+    ) -> None:
+        """Store the resolved target ids of a task, and the target folder's absolute URL."""
         with self._transaction() as connection:
-            connection.execute("UPDATE tasks SET web_id = ?, list_id = ? WHERE id = ?",
-                               (web_id, list_id, task_id))
+            connection.execute(
+                "UPDATE tasks SET web_id = ?, list_id = ?, "
+                "destination_url = COALESCE(?, destination_url) WHERE id = ?",
+                (web_id, list_id, destination_url, task_id),
+            )
 
     def set_task_status(self, task_id: int, status: str) -> None:
         """Set a task's status (free text, for example ``running`` or ``completed``)."""

@@ -44,6 +44,39 @@ def free_port_block(count: int = 3) -> int:
     raise RuntimeError("no free block of ports on 127.0.0.1")
 
 
+XSD_FOR_FILE = {
+    "Manifest.xml": "DeploymentManifest.xsd",
+    "ExportSettings.xml": "DeploymentExportSettings.xsd",
+    "RootObjectMap.xml": "DeploymentRootObjectMap.xsd",
+}
+_schemas: dict[str, Any] = {}
+
+
+def validate_with_xsd(name: str, data: bytes) -> None:
+    """Validate one package file against Microsoft's published XSD, if there is one for it."""
+    from lxml import etree
+
+    xsd = XSD_FOR_FILE.get(name)
+    if xsd is None:
+        return
+    if not XSD_DIR.is_dir():
+        pytest.skip(f"XSD folder {XSD_DIR} is missing, so packages cannot be checked against the schemas")
+    if xsd not in _schemas:
+        _schemas[xsd] = etree.XMLSchema(etree.parse(str(XSD_DIR / xsd)))
+    schema = _schemas[xsd]
+    document = etree.fromstring(data)
+    assert schema.validate(document), f"{name} fails {xsd}: {schema.error_log}"
+
+
+def validate_kept_packages(work: Path) -> int:
+    """Validate every package that sessions under ``work`` kept; returns how many there were."""
+    folders = sorted(work.glob("sessions/*/packages/*"))
+    for folder in folders:
+        for path in folder.glob("*.xml"):
+            validate_with_xsd(path.name, path.read_bytes())
+    return len(folders)
+
+
 @dataclass
 class Sandbox:
     """A running sandbox process and its tenant profile."""

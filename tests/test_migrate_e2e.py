@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Sandbox
+from conftest import REPO, Sandbox, validate_kept_packages
 
 
 def run_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
@@ -73,6 +73,7 @@ def read_item_report(work: Path) -> list[dict[str, str]]:
 
 def check_migration(source: Path, work: Path, exported: Path) -> dict[str, int]:
     """Compare the export with the source and the ItemReport; return counts."""
+    assert validate_kept_packages(work) > 0, "the migration kept no package"
     entries = source_entries(source)
     rows = read_item_report(work)
     by_source: dict[str, list[dict[str, str]]] = {}

@@ -97,7 +97,7 @@ class QuickXorHash:
         for start in range(0, size, _STRIDE):
             folded ^= _fold_stride(view[start : start + _STRIDE])
         # Reduce the 480-byte block to 160 slots. The strides are multiples of 480 bytes, so
-        # slot alignment holds across strides.
+        # every stride starts at slot 0.
         slots = (folded ^ (folded >> _SLOT_BITS) ^ (folded >> (2 * _SLOT_BITS))) & _MASK_SLOTS
         self._slots ^= _rotate_slots(slots, self._length % _SLOTS)
         self._length += size

@@ -6,8 +6,8 @@ per file in the data container. The XML follows Microsoft's constrained deployme
 
 * ``Manifest.xml`` (``urn:deployment-manifest-schema``): the existing list root folder and
   library, then per folder an ``SPFolder`` and its ``SPListItem``, per file an ``SPFile`` and
-  its ``SPListItem``. Ids of the web, list and root folders are the real target ids; folder,
-  file and list-item GUIDs and list-item integer ids (IntIds) are kept by the target.
+  its ``SPListItem``. Ids of the web, list and root folders are the real target ids. The target
+  keeps the package's folder, file and list-item GUIDs and list-item integer ids (IntIds).
 * ``ExportSettings.xml``, ``SystemData.xml``, ``UserGroup.xml``, ``RootObjectMap.xml``,
   ``Requirements.xml``, ``LookupListMap.xml``, ``ViewFormsList.xml``.
 
@@ -242,7 +242,7 @@ def blob_name_for(object_id: uuid.UUID) -> str:
 
 
 class Plannable(Protocol):
-    """What the planner reads from an item."""
+    """Attributes the planner reads from an item."""
 
     @property
     def is_folder(self) -> bool: ...
@@ -261,7 +261,7 @@ def plan_packages(
 ) -> Iterator[list[PlanItem]]:
     """Split items, in walk order, into packages following Microsoft's sizing guidance.
 
-    A package holds at most ``max_files`` objects (folders and files both count) and at most
+    A package contains at most ``max_files`` objects (folders and files both count) and at most
     ``max_bytes`` of file content. A file of ``large_file_alone`` bytes or more (default:
     ``max_bytes``) goes into a package of its own. Order is kept, so a folder always lands in
     the same package as its first children or an earlier one, never a later one. Streaming: the
@@ -415,6 +415,7 @@ class _ManifestWriter:
         parent_dir = url.rsplit("/", 1)[0]
         times = {"TimeCreated": format_time(file.created), "TimeLastModified": format_time(file.modified)}
         users = {"Author": str(file.author_id), "ModifiedBy": str(file.editor_id)}
+
         spobject = self.add_spobject("SPFile", str(file.object_id), str(file.parent_id), url)
         attributes = {
             "Url": web_relative,
@@ -435,6 +436,7 @@ class _ManifestWriter:
         if file.checksum_base64:
             attributes["Checksum"] = file.checksum_base64
         ET.SubElement(spobject, "File", attributes)
+
         item = self.add_spobject("SPListItem", str(file.item_id), self.ids["list"], url)
         list_item = ET.SubElement(item, "ListItem", {
             "FileUrl": web_relative,
@@ -621,15 +623,19 @@ def _parse(name: str, data: bytes) -> ET.Element:
 def validate_package(files: dict[str, bytes], known_ids: Iterable[str] = ()) -> None:
     """Check a built package before upload; raises PackageError naming the first problem.
 
-    Checks: every required file is present and well-formed with the right root element and
-    namespace; SystemData.xml lists the manifest files and each exists; every attribute on
-    ``SPObject``, ``Folder``, ``List`` and ``DocumentLibrary`` is one the constrained schema
-    declares, and their required attributes are present; dates and integers have the schema's
-    lexical form; every GUID is well formed; every ``ParentId``, ``ParentFolderId``,
-    ``ParentListId``, ``ParentWebId`` and ``DocId`` refers to an object of this package, a
-    system object, the root object map or ``known_ids`` (ids of folders created by earlier
-    packages); GUIDs, IntIds and ``FileValue`` names are unique; users are unique by login and
-    every Author/ModifiedBy is a listed user or the system account.
+    Checks:
+
+    * every required file is present and well-formed, with the right root element and namespace;
+    * SystemData.xml lists the manifest files, and each of them exists;
+    * every attribute on ``SPObject``, ``Folder``, ``List`` and ``DocumentLibrary`` is one the
+      constrained schema declares, and their required attributes are present;
+    * dates and integers have the schema's lexical form, and every GUID is well formed;
+    * every ``ParentId``, ``ParentFolderId``, ``ParentListId``, ``ParentWebId`` and ``DocId``
+      refers to an object of this package, a system object, the root object map or
+      ``known_ids`` (ids of folders created by earlier packages);
+    * GUIDs, IntIds and ``FileValue`` names are unique;
+    * users are unique by login, and every Author/ModifiedBy is a listed user or the system
+      account.
     """
     for name in REQUIRED_FILES:
         if name not in files:

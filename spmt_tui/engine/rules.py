@@ -18,7 +18,7 @@ Decisions that the sources leave open, each kept in one named constant or table:
 
 * Path length: the decoded server-relative destination path (``/sites/...``, host not counted)
   may be up to :data:`MAX_PATH_LENGTH` characters, and exactly 400 passes. Microsoft's limits
-  text says "400 characters" while SPMT's troubleshooting text says "fewer than 400". Length is
+  text states "400 characters" while SPMT's troubleshooting text states "fewer than 400". Length is
   counted in UTF-16 code units, as .NET strings count, so a character outside the Basic
   Multilingual Plane counts 2.
 * File size: 250 GB is read as 250 GiB (250 * 2**30 bytes).
@@ -163,7 +163,7 @@ PASSED = RuleResult(Outcome.PASS)
 
 
 class Candidate(Protocol):
-    """What the rules read from a scanned item; :class:`~spmt_tui.engine.source.SourceItem` fits.
+    """Attributes the rules read from a scanned item; :class:`~spmt_tui.engine.source.SourceItem` has them.
 
     Times are POSIX timestamps in seconds (UTC) rather than datetimes, because building two
     datetime objects per item costs more than all the rules together. None means unknown.
@@ -238,10 +238,10 @@ def _is_control(char: str) -> bool:
 _CONTROL_CLASS = r"\x00-\x1f\x7f-\x9f"
 _INVALID_CLASS = r'"*:<>?\\|' + _CONTROL_CLASS
 _INVALID_RE = re.compile(f"[{_INVALID_CLASS}/]")
-# The fast path screens a whole directory listing, joined with "/" (which cannot occur in a name
-# from any source) and framed as "/name1/name2/", with a few searches that CPython runs quickly
-# because each starts with a literal or a character class. They over-match on purpose (for
-# example "_file" at the end of a file name): the slow path decides.
+# The fast path screens a whole directory listing joined with "/", which cannot occur in a name
+# from any source, and framed as "/name1/name2/". CPython runs these searches quickly because
+# each starts with a literal or a character class. They over-match on purpose (for example
+# "_file" at the end of a file name), and the slow path decides.
 _SUSPECT_CHARACTERS_RE = re.compile(f"[{_INVALID_CLASS}]")
 _SUSPECT_NAME_START_RE = re.compile(
     r"/(?:[ ~]|forms/|\.lock/|desktop\.ini/|(?:con|prn|aux|nul|com[0-9]|lpt[0-9])[./])"
@@ -401,7 +401,7 @@ def _slice_listing(batch: object, start: int, end: int) -> _Listing:
 
 @dataclass(slots=True)
 class FolderState:
-    """What the rules remember about a folder seen earlier in the walk."""
+    """State the rules keep for a folder seen earlier in the walk."""
 
     # Destination path relative to the target folder, "/"-joined ("" for the root). For a folder
     # that does not migrate it is the source path, used only in messages.
@@ -414,7 +414,7 @@ class ScanRules:
     """Stateful rule checker for one walk of one source into one destination folder.
 
     ``destination_prefix`` is the server-relative URL of the target folder, for example
-    ``/sites/demo/Shared Documents/Sub``. ``destination_is_library_root`` tells whether that
+    ``/sites/demo/Shared Documents/Sub``. ``destination_is_library_root`` is True when that
     folder is the library root, which matters for the ``forms`` rule.
 
     Contract: children of one folder are passed together in one call to
@@ -599,8 +599,8 @@ class ScanRules:
             return False
         if max(created) > _LATEST_TS or max(modified) > _LATEST_TS:  # type: ignore[type-var]
             return False
-        # Date filters apply to files only; an old folder merely sends the listing to the slow
-        # path, which gives the right answer.
+        # Date filters apply to files only. An old folder merely sends the listing to the slow
+        # path, which gives the right result.
         if self._created_after is not None and earliest_created < self._created_after:
             return False
         if self._modified_after is not None and earliest_modified < self._modified_after:
@@ -630,9 +630,8 @@ class ScanRules:
             result = RuleResult(
                 outcome,
                 (Finding(CODE_PARENT_NOT_MIGRATED, category or CATEGORY_SCAN_FAILURE,
-                         f"Parent folder '{'/'.join(parent_key)}' is not migrated "
-                         f"({blocked.code}: {blocked.findings[0].reason if blocked.findings else ''}) "
-                         "Fix the parent folder to migrate this item."),),
+                         f"Parent folder '{'/'.join(parent_key)}' is not migrated because of "
+                         f"{blocked.code}: {blocked.message} Fix that folder to migrate this item."),),
             )
         for name in compress(listing.names, listing.is_folder):
             key = parent_key + (name,)
@@ -720,8 +719,8 @@ class ScanRules:
     ) -> None:
         """Resolve destination names that collide ignoring case, in place.
 
-        Unchanged names claim their name first, in ordinal order, then renamed ones; every later
-        claimant gets a numbered suffix (with a replacement character) or fails (without one).
+        Unchanged names claim their name first, in ordinal order, and renamed ones follow. Every
+        later claimant gets a numbered suffix when a replacement character is set, else it fails.
         """
         char = self.settings.replacement_char
         taken: dict[str, str] = {}

@@ -39,10 +39,6 @@ _FILE_ATTRIBUTE_HIDDEN = 0x2  # Windows stat().st_file_attributes flag
 _HAS_BIRTHTIME = hasattr(os.stat_result, "st_birthtime")
 _MISSING = object()
 
-# A folder waiting to be listed: absolute path, parts tuple, its own record (None for the
-# root), and the (st_dev, st_ino) pairs of the folders on its path (used with follow_symlinks).
-_PendingFolder = tuple[str, tuple[str, ...], "SourceItem | None", frozenset[tuple[int, int]]]
-
 
 class ItemKind(str, Enum):
     """Kind of a source item."""
@@ -118,6 +114,11 @@ class SourceItem:
         return _to_datetime(self.modified_ts)
 
 
+# A folder waiting to be listed: absolute path, parts tuple, its own record (None for the
+# root), and the (st_dev, st_ino) pairs of the folders on its path (used with follow_symlinks).
+_PendingFolder = tuple[str, tuple[str, ...], SourceItem | None, frozenset[tuple[int, int]]]
+
+
 def _to_datetime(value: float | None) -> datetime | None:
     if value is None:
         return None
@@ -132,8 +133,8 @@ class SourceBatch:
     collection), so sources fill parallel lists instead. Indexing or iterating a batch builds
     :class:`SourceItem` objects on demand for code that prefers them.
 
-    ``runs`` holds ``(parent parts, start, end)`` for each contiguous run of siblings; every row
-    belongs to exactly one run. ``errors`` maps row numbers to a read error (rare). A folder
+    ``runs`` contains ``(parent parts, start, end)`` for each contiguous run of siblings, and
+    every row belongs to exactly one run. ``errors`` maps row numbers to a read error (rare). A folder
     that could not be listed appears twice: first as a normal row, later as a row of its own
     with an entry in ``errors``.
     """
@@ -265,8 +266,8 @@ class FileShareSource(Source):
     limit) and runs in a worker thread one batch at a time. Behaviour:
 
     * Names in each folder are sorted by code point, so the order is the same on every run.
-    * Symbolic links are not followed unless ``follow_symlinks`` is True; they are yielded as
-      items with ``symlink=True`` and the scan rules skip them with a reason. With
+    * Symbolic links are not followed unless ``follow_symlinks`` is True. They are yielded as
+      items with ``symlink=True``, and the scan rules skip them with a reason. With
       ``follow_symlinks=True`` a link to a folder already on the current path is reported as an
       error instead of being walked again.
     * A folder that cannot be listed is reported as an item with ``error`` set; the walk goes on.

@@ -478,6 +478,7 @@ class TaskRunner:
             files = self._build_package(package, dict((w.row_id, r) for w, r in uploaded))
             known = set(self.existing_folders.values()) | {self.target.library.root_folder_id}
             pkg.validate_package(files, known_ids=known)
+            self._keep_package(package, files)
             for name, content in files.items():
                 iv = new_iv()
                 cipher = encrypt_blob(containers.key, iv, content)
@@ -512,6 +513,16 @@ class TaskRunner:
         finally:
             await data.close()
             await metadata.close()
+
+    def _keep_package(self, package: Package, files: dict[str, bytes]) -> None:
+        """Keep the package's XML in the working folder, as SPMT keeps its package cache.
+
+        The XML carries names, ids, sizes and hashes, never keys or SAS URIs.
+        """
+        folder = self.m.session_dir / "packages" / f"task{self.task_id}-{package.number:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, content in files.items():
+            (folder / name).write_bytes(content)
 
     def _queue_uri(self) -> str | None:
         listener = self.queue_listener

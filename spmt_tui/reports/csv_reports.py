@@ -198,6 +198,7 @@ class _Totals:
         self.folders += count if is_folder else 0
         self.files += 0 if is_folder else count
         self.bytes_total += 0 if is_folder else size
+
         scan_failure = category == SCAN_FAILURE
         filtered = status == "skipped" and category in FILTERED_CATEGORIES
         if scan_failure:
@@ -212,6 +213,7 @@ class _Totals:
                 self.folders_to_migrate += count
             else:
                 self.files_to_migrate += count
+
         if scan_failure or status == "skipped":
             self.bytes_skipped += 0 if is_folder else size
         if category == "RENAMED":
@@ -224,6 +226,7 @@ class _Totals:
             self.failed += count
             self.bytes_failed += 0 if is_folder else size
             self._add_stage_failure(entry)
+
         self.read += count if entry["read"] or entry["packaged"] else 0
         self.packaged += count if entry["packaged"] else 0
         uploaded = entry["submitted"] or status in ("uploaded", "submitted", "migrated")

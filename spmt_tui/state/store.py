@@ -193,7 +193,8 @@ class _Queries:
     def session_info(self) -> dict[str, Any]:
         """Return the session row as a dict; ``settings`` is parsed JSON.
 
-        ``status`` is ``interrupted`` when the row says ``running`` but the process is gone.
+        ``status`` is ``interrupted`` when the stored status is ``running`` but the process is
+        gone; ``stored_status`` keeps the stored value.
         Raises StoreError when the session was never started.
         """
         with self._lock:
@@ -367,9 +368,14 @@ class _Queries:
         """Return the number of items matching the same filters as :meth:`page_items`."""
         if not search:
             by_status = self.count_by_status(task_id, round_number)
-            wanted = None if status is None else ({status} if isinstance(status, str) else set(status))
+            if status is None:
+                wanted = set(by_status)
+            elif isinstance(status, str):
+                wanted = {status}
+            else:
+                wanted = set(status)
             return sum(entry["files"] + entry["folders"] for key, entry in by_status.items()
-                       if wanted is None or key in wanted)
+                       if key in wanted)
         clauses, parameters = self._scope(task_id, round_number)
         conditions = [clauses[len("WHERE "):]] if clauses else []
         if status is not None:
@@ -1120,7 +1126,10 @@ class _Transaction:
 
 
 class ReadOnlyStore(_Queries):
-    """Read-only handle for the UI; it never writes, so it cannot block the engine."""
+    """Read-only handle for the UI, opened with ``mode=ro`` and ``query_only``.
+
+    In WAL mode readers do not block the writer, so the UI cannot stall the engine.
+    """
 
     def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
         self.path = path

@@ -1,9 +1,9 @@
 """Import package building, planning and validation, checked against Microsoft's XSDs.
 
-NOTE: the shared folder holds XSDs for Manifest.xml, ExportSettings.xml and RootObjectMap.xml
-only. Those three files are validated whole with lxml. SystemData.xml, UserGroup.xml,
-Requirements.xml, LookupListMap.xml and ViewFormsList.xml have no schema there and are checked
-for well-formedness, root element, namespace and content by these tests instead.
+NOTE: schemas are available only for Manifest.xml, ExportSettings.xml and RootObjectMap.xml.
+Those three files are validated whole with lxml. SystemData.xml, UserGroup.xml,
+Requirements.xml, LookupListMap.xml and ViewFormsList.xml have no schema, so these tests check
+their well-formedness, root element, namespace and content instead.
 """
 
 from __future__ import annotations

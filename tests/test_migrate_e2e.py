@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Sandbox, validate_kept_packages
+from harness import REPO, Sandbox, validate_kept_packages
 
 
 def run_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:

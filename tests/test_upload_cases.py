@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from conftest import Sandbox
+from harness import Sandbox
 from spmt_tui.auth.cache import MemoryStore
 from spmt_tui.auth.tokens import AuthSettings, UsernamePasswordProvider
 from spmt_tui.engine.crypto import QuickXorHash, decrypt_blob

@@ -153,7 +153,15 @@ class _Printer:
         sys.stderr.flush()
 
 
+async def _sign_in_on_terminal(credentials: Any) -> None:
+    print("\nThe sign-in expired and could not be refreshed; sign in again to continue.",
+          file=sys.stderr, flush=True)
+    await credentials.sign_in()
+
+
 async def _run_with_progress(migration: Any) -> Any:
+    if sys.stdin.isatty() and getattr(migration.credentials, "kind", "user") == "user":
+        migration.sign_in_handler = _sign_in_on_terminal
     printer = _Printer(migration)
     ticker = asyncio.create_task(printer.run())
     try:

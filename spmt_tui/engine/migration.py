@@ -171,6 +171,10 @@ class Migration:
         self._main_task: asyncio.Task[Any] | None = None
         self._resume_event: asyncio.Event | None = None
         self.store: SessionStore | None = None
+        # Called when tokens can no longer be refreshed silently; it must sign the user in again
+        # (the CLI runs the device code flow on a terminal, the TUI shows its sign-in screen).
+        self.sign_in_handler: Any = None
+        self._sign_in_lock = asyncio.Lock()
 
     # -- control from any thread ------------------------------------------------------------------
 
@@ -316,7 +320,27 @@ class Migration:
             await http_session.close()
 
     async def _token(self) -> str:
-        return await self.credentials.get_token()
+        """Return an access token; when silent refresh fails, pause until someone signs in again."""
+        from spmt_tui.auth.tokens import SignInRequired
+
+        while True:
+            try:
+                return await self.credentials.get_token()
+            except SignInRequired as error:
+                if self.sign_in_handler is None:
+                    raise
+                log.warning("sign-in required: %s; pausing until it is done", error)
+                self.stats.set_phase("sign-in required", str(error))
+                self.sink(PhaseEvent("sign-in required", str(error)))
+                async with self._sign_in_lock:
+                    # Another worker may have signed in while this one waited for the lock.
+                    try:
+                        return await self.credentials.get_token()
+                    except SignInRequired:
+                        pass
+                    await self.sign_in_handler(self.credentials)
+                self.stats.set_phase("migrating")
+                self.sink(PhaseEvent("migrating"))
 
     def _emit_log(self, level: str, message: str) -> None:
         self.sink(LogEvent(level, message))

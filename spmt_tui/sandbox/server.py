@@ -243,6 +243,9 @@ class Tenant:
         if action == "token-lifetime" and request.method == "POST":
             self.identity.set_token_lifetime(int(body["seconds"]))
             return web.json_response({"seconds": int(body["seconds"])})
+        if action == "revoke-refresh-tokens" and request.method == "POST":
+            revoked = self.identity.revoke_refresh_tokens(body.get("username"))
+            return web.json_response({"revoked": revoked})
         if action == "settings" and request.method == "POST":
             for key, value in body.items():
                 if key == "import_delay":

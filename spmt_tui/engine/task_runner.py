@@ -9,6 +9,10 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
+from azure.core.exceptions import AzureError
+
+from spmt_tui.auth.tokens import SignInRequired
 from spmt_tui.engine import package as pkg
 from spmt_tui.engine.crypto import encrypt_blob, new_iv
 from spmt_tui.engine.jobs import JobLost, JobOutcome, QueueListener, follow_job
@@ -42,6 +46,9 @@ CODE_DESTINATION_NEWER = "DESTINATION_NEWER"
 CODE_UNCHANGED = "UNCHANGED"
 
 MAX_CONTAINER_RETRIES = 3
+MAX_SUBMIT_RETRIES = 3
+SUBMIT_RETRY_DELAY = 5.0
+MAX_UPLOAD_ATTEMPTS = 3
 FILE_CHANGED_RETRY_DELAY = 1.0
 SCAN_BATCH = 2000
 
@@ -430,11 +437,19 @@ class TaskRunner:
             if package is _END:
                 return
             await self.m._gate()
-            await self._migrate_package(package)
+            try:
+                await self._migrate_package(package)
+            except (asyncio.CancelledError, SignInRequired):
+                raise
+            except Exception as error:  # noqa: BLE001 - one package must not stop the others
+                log.exception("package %d failed", package.number)
+                self._fail_package(package, CODE_UPLOAD_FAILED,
+                                   f"package failed: {type(error).__name__}: {redact(str(error))}")
 
     async def _migrate_package(self, package: Package) -> None:
         fatal_attempts = 0
         container_attempts = 0
+        submit_attempts = 0
         while True:
             try:
                 outcome, containers, job_id = await self._upload_and_submit(package)
@@ -448,6 +463,14 @@ class TaskRunner:
                     return
                 continue
             except HttpError as error:
+                submit_attempts += 1
+                transient = error.status == 0 or error.status >= 500
+                if transient and submit_attempts < MAX_SUBMIT_RETRIES:
+                    delay = SUBMIT_RETRY_DELAY * submit_attempts
+                    log.warning("package %d: %s; uploading and submitting again in %.0f s",
+                                package.number, error, delay)
+                    await asyncio.sleep(delay)
+                    continue
                 self._fail_package(package, CODE_SUBMIT_FAILED, f"job submission failed: {error}")
                 return
             if outcome is None:
@@ -530,14 +553,16 @@ class TaskRunner:
 
     async def _upload_file(self, package: Package, work: WorkFile, container: Any, key: bytes) -> Any:
         blob_name = f"{work.object_id}.dat"
-        for attempt in (1, 2):
+        changed_retried = False
+        for attempt in range(1, MAX_UPLOAD_ATTEMPTS + 1):
             async with self.upload_slots:
                 await self.m._gate()
                 try:
                     result = await encrypt_and_upload(self.source, work.item, container, key, blob_name,
                                                       self.stats)
                 except FileChangedError as error:
-                    if attempt == 1:
+                    if not changed_retried:
+                        changed_retried = True
                         await asyncio.sleep(FILE_CHANGED_RETRY_DELAY)
                         continue
                     self._fail_item(work, CODE_FILE_CHANGED,
@@ -545,6 +570,18 @@ class TaskRunner:
                     return None
                 except SourceReadError as error:
                     self._fail_item(work, CODE_SOURCE_UNREADABLE, str(error))
+                    return None
+                except ContainerExpired:
+                    raise
+                except (AzureError, aiohttp.ClientError, OSError) as error:
+                    # The Azure SDK already retried transient errors; try the whole blob again.
+                    if attempt < MAX_UPLOAD_ATTEMPTS:
+                        log.warning("upload of %s failed (%s); attempt %d of %d", work.item.relative_path,
+                                    redact(str(error))[:300], attempt + 1, MAX_UPLOAD_ATTEMPTS)
+                        self.store.add_attempt(work.row_id, "upload")
+                        await asyncio.sleep(attempt * 2.0)
+                        continue
+                    self._fail_item(work, CODE_UPLOAD_FAILED, f"upload failed: {redact(str(error))[:300]}")
                     return None
             self.stats.add("uploaded")
             self._event(work.row_id, work.item.relative_path, "uploaded", work.item.size)

@@ -1,7 +1,7 @@
 """The migration engine: scan, package, encrypt and upload, submit, follow, report.
 
-Each stage is a pool of asyncio workers with bounded queues between them, so a slow stage holds
-the others back instead of filling memory:
+Each stage is a pool of asyncio workers with bounded queues between them, so a slow stage slows
+the others down instead of filling memory:
 
     scan (one walker) -> package queue -> packager -> upload queue (packages_in_flight)
     -> upload workers (blob uploads bounded by upload_concurrency) -> submit + follow
@@ -20,47 +20,30 @@ import os
 import socket
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spmt_tui.engine import package as pkg
-from spmt_tui.engine.crypto import encrypt_blob, new_iv
-from spmt_tui.engine.jobs import JobLost, JobOutcome, QueueListener, follow_job
-from spmt_tui.engine.preflight import PreflightError, Target, check_source, resolve_target
+from spmt_tui.engine.preflight import PreflightError, check_source, resolve_target
 from spmt_tui.engine.progress import (
     EventSink,
-    ItemEvent,
     LogEvent,
     PhaseEvent,
     Stats,
     null_sink,
 )
-from spmt_tui.engine.rules import Outcome, ScanRules, ScanSettings
 from spmt_tui.engine.settings import Settings
-from spmt_tui.engine.source import FileShareSource, Source, SourceItem
-from spmt_tui.engine.upload import (
-    CODE_FILE_CHANGED,
-    CODE_SOURCE_UNREADABLE,
-    FileChangedError,
-    SourceReadError,
-    encrypt_and_upload,
-)
+from spmt_tui.engine.source import FileShareSource
 from spmt_tui.logs import configure_logging, redact
 from spmt_tui.profile import TenantProfile
-from spmt_tui.spo.containers import ContainerExpired, StorageTransport, download_log, upload_small
-from spmt_tui.spo.http import HttpError, SharePointHttp, new_session
-from spmt_tui.spo.sharepoint import ProvisionedContainers, SharePointClient
+from spmt_tui.spo.containers import StorageTransport
+from spmt_tui.spo.http import SharePointHttp, new_session
+from spmt_tui.spo.sharepoint import SharePointClient
 from spmt_tui.engine.task_runner import TaskRunner
 from spmt_tui.state.store import SessionStore
 
 log = logging.getLogger("spmt.engine")
 
-CODE_JOB_FATAL = "0x01710006"
-CODE_JOB_ITEM_FAILED = "0x01710009"
-CODE_UPLOAD_FAILED = "0x01510001"
-CODE_CONTAINER_EXPIRED = "0x01610001"
-CODE_SUBMIT_FAILED = "0x01610002"
 DEVICE_NAME = socket.gethostname()
 
 
@@ -92,43 +75,6 @@ class MigrationResult:
         if self.status == "cancelled":
             return 130
         return 1
-
-
-@dataclass
-class WorkFile:
-    """A file on its way through the pipeline (what the packager and uploader need)."""
-
-    row_id: int
-    item: SourceItem
-    relative_path: str       # destination path relative to the library root
-    object_id: str
-    item_id: str
-    int_id: int
-    folder_id: str           # destination parent folder id
-    size: int
-
-
-@dataclass
-class WorkFolder:
-    row_id: int
-    relative_path: str
-    object_id: str
-    item_id: str
-    int_id: int
-    parent_id: str
-    created_ts: float | None
-    modified_ts: float | None
-    exists: bool             # already at the destination: referenced, never re-created
-
-
-@dataclass
-class Package:
-    number: int
-    task_id: int
-    files: list[WorkFile] = field(default_factory=list)
-    folders: list[WorkFolder] = field(default_factory=list)
-    bytes: int = 0
-    attempts: int = 0
 
 
 def _first_leaf(error: BaseException) -> BaseException:
@@ -171,8 +117,8 @@ class Migration:
         self._main_task: asyncio.Task[Any] | None = None
         self._resume_event: asyncio.Event | None = None
         self.store: SessionStore | None = None
-        # Called when tokens can no longer be refreshed silently; it must sign the user in again
-        # (the CLI runs the device code flow on a terminal, the TUI shows its sign-in screen).
+        # Called when tokens can no longer be refreshed silently. It must sign the user in again:
+        # the CLI runs the device code flow on a terminal, and the TUI shows its sign-in screen.
         self.sign_in_handler: Any = None
         self._sign_in_lock = asyncio.Lock()
 

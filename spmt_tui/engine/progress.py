@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 STAGES = ("scanned", "packaged", "uploaded", "submitted", "migrated", "skipped", "failed")

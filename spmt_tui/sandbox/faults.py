@@ -106,7 +106,7 @@ class Faults:
         for status, reason in (("429", "Too Many Requests"), ("503", "Server Too Busy")):
             if self.roll(status):
                 return web.json_response(
-                    {"error": {"code": f"-2147024860, Microsoft.SharePoint.SPQueryThrottledException",
+                    {"error": {"code": "-2147024860, Microsoft.SharePoint.SPQueryThrottledException",
                                "message": {"lang": "en-US", "value": f"{reason} (sandbox fault)"}}},
                     status=int(status),
                     reason=reason,

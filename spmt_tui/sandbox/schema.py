@@ -296,6 +296,8 @@ _MANIFEST_ENUMS["SPEventReceiverType"] = Enumeration(
     f"{MANIFEST_NS}:SPEventReceiverType", _EVENT_RECEIVER_TYPES
 )
 
+# NOTE: HasUniqueRoleAssignments is not in the published constrained XSD, but Microsoft's own
+# sample manifest puts it on DocumentLibrary, so the sandbox accepts it.
 _LIST_ATTRIBUTES = _attrs(
     "RootFolderId",
     "ParentWebUrl",
@@ -305,6 +307,7 @@ _LIST_ATTRIBUTES = _attrs(
     ParentWebId="string!",
     BaseType="SPBaseType",
     BaseTemplate="string!",
+    HasUniqueRoleAssignments="boolean",
 )
 _LIST_CONTENT = Choice(
     (

@@ -19,9 +19,17 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from spmt_tui.spo.containers import StorageTransport, receive_events
 from spmt_tui.spo.http import HttpError
-from spmt_tui.spo.sharepoint import JOB_NOT_FOUND, JOB_STATUS_EXPIRED, SharePointClient
+from spmt_tui.spo.sharepoint import (
+    JOB_NOT_FOUND,
+    JOB_STATE_NONE,
+    JOB_STATUS_EXPIRED,
+    SharePointClient,
+)
 
 log = logging.getLogger("spmt.engine.jobs")
+
+# Progress polls without a new event before the job's state is checked with GetMigrationJobStatus.
+QUIET_POLLS_BEFORE_STATUS = 12
 
 
 def event_key(event: dict[str, Any]) -> str:
@@ -114,6 +122,8 @@ async def follow_job(
     outcome = JobOutcome(job_id, next_token=next_token)
     seen: set[str] = set()
     end_from_queue = False
+    quiet_polls = 0
+    not_queued = False
 
     def take(event: dict[str, Any], source: str) -> None:
         nonlocal end_from_queue
@@ -159,6 +169,18 @@ async def follow_job(
             take(event, "progress")
             if str(event.get("Event")) == "JobEnd":
                 outcome.end = {str(k): v for k, v in event.items()}
+        quiet_polls = 0 if events else quiet_polls + 1
+        if outcome.end is None and not_queued:
+            # The service had already dropped the job from its queue, and one more poll showed
+            # no JobEnd: the job's outcome is lost.
+            raise JobLost(f"job {job_id} is no longer queued and reported no JobEnd")
+        if outcome.end is None and quiet_polls >= QUIET_POLLS_BEFORE_STATUS:
+            quiet_polls = 0
+            try:
+                not_queued = await client.job_status(job_id) == JOB_STATE_NONE
+            except HttpError as error:
+                # Microsoft plans to retire GetMigrationJobStatus; keep polling without it.
+                log.info("job %s: GetMigrationJobStatus failed (%s)", job_id, error)
         if token != outcome.next_token:
             outcome.next_token = token
             if on_token is not None:

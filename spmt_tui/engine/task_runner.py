@@ -19,6 +19,7 @@ from spmt_tui.engine.preflight import Target, folder_object_id
 from spmt_tui.engine.progress import ItemEvent, LogEvent, PhaseEvent
 from spmt_tui.engine.rules import Outcome, ScanRules, ScanSettings
 from spmt_tui.engine.source import Source, SourceItem
+from spmt_tui.engine.users import AuthorMap, folder_owner
 from spmt_tui.engine.upload import (
     CODE_FILE_CHANGED,
     CODE_SOURCE_UNREADABLE,
@@ -107,9 +108,11 @@ class TaskRunner:
         transport: StorageTransport,
         source: Source,
         user: UserInfo | None,
+        *,
+        authors: AuthorMap | None = None,
     ) -> None:
         self.m = migration
-        self.settings = migration.settings
+        self.settings = migration.settings_for(task)
         self.store = migration.store
         self.stats = migration.stats
         self.sink = migration.sink
@@ -121,6 +124,8 @@ class TaskRunner:
         self.transport = transport
         self.source = source
         self.user = user
+        # Created By and Modified By of each item; without a mapping, the signed-in account.
+        self.authors = authors or AuthorMap(user)
         self.folders: dict[str, WorkFolder] = {}          # by destination relative path (lower)
         self.existing_folders: dict[str, str] = {}        # lower relative path -> id at destination
         self.dest_files: dict[str, dict[str, FileInfo]] = {}
@@ -181,13 +186,14 @@ class TaskRunner:
                 pending.setdefault(row.job_id, []).append(row)
         if not pending:
             return
-        tokens = {job["job_id"]: job["next_token"] for job in self.store.jobs()}
         log.info("following %d job(s) submitted before the interruption", len(pending))
 
         async def settle(job_id: str, rows: list[Any]) -> None:
             try:
+                # Read the job's events from the start: the run that was killed may have read
+                # past JobEnd (a stored token would then wait for events that never come).
                 outcome = await follow_job(
-                    self.client, job_id, inbox=None, next_token=tokens.get(job_id, "0"),
+                    self.client, job_id, inbox=None, next_token="0",
                     poll_seconds=min(2.0, self.settings.job_poll_seconds),
                     on_token=lambda token: self.store.job_token(job_id, token))
             except JobLost as error:
@@ -337,6 +343,16 @@ class TaskRunner:
                 return None
             if existing is not None and item.modified_ts is not None:
                 dest_time = _parse_sp_time(existing.time_last_modified)
+                ours = existing.id.lower() == str(pkg.object_ids(
+                    self.target.site_url, lib_id, library_relative)[0])
+                if (ours and dest_time == int(item.modified_ts) and existing.length == item.size
+                        and (before is None or before.get("round") == self.round)):
+                    # This run's own import, finished before an interruption.
+                    self.store.mark(row_id, "migrated", message="already imported before the run was interrupted")
+                    self.stats.add("migrated")
+                    self._event(row_id, item.relative_path, "migrated", item.size)
+                    self.stats.add_bytes(total=-item.size)
+                    return None
                 if dest_time is not None and dest_time >= int(item.modified_ts):
                     self.store.mark(row_id, "skipped", code=CODE_DESTINATION_NEWER,
                                     message="the destination file is as new or newer; kept")
@@ -678,13 +694,24 @@ def build_package_files(runner: TaskRunner, package: Package, results: dict[int,
         list_root_folder_url=target.library.root_folder_url,
     )
     users: list[pkg.PackageUser] = []
-    author = pkg.SYSTEM_ACCOUNT_USER_ID
-    if runner.user is not None:
-        users.append(pkg.PackageUser(1, runner.user.title, runner.user.login, runner.user.email,
-                                     is_site_admin=runner.user.is_site_admin))
-        author = 1
+    package_user_ids: dict[str, int] = {}
+
+    def user_id(owner: str | None, row_id: int | None) -> int:
+        """Return the package's id for the owner's user, adding the user once per package."""
+        person = runner.authors.person_for(owner, row_id)
+        if person is None:
+            return pkg.SYSTEM_ACCOUNT_USER_ID
+        key = person.login.lower()
+        if key not in package_user_ids:
+            package_user_ids[key] = len(users) + 1
+            users.append(pkg.PackageUser(package_user_ids[key], person.title, person.login,
+                                         person.email, is_site_admin=person.is_site_admin))
+        return package_user_ids[key]
+
     items: list[pkg.PackageItem] = []
     for folder in package.folders:
+        row = runner.store.get_item(folder.row_id) if folder.row_id is not None else None
+        author = user_id(folder_owner(runner.source, row.path) if row else None, folder.row_id)
         items.append(pkg.PackageFolder(
             object_id=uuid.UUID(folder.object_id),
             item_id=uuid.UUID(folder.item_id),
@@ -699,6 +726,7 @@ def build_package_files(runner: TaskRunner, package: Package, results: dict[int,
         ))
     for work in package.files:
         result = results[work.row_id]
+        author = user_id(work.item.owner, work.row_id)
         items.append(pkg.PackageFile(
             object_id=uuid.UUID(work.object_id),
             item_id=uuid.UUID(work.item_id),
@@ -715,4 +743,5 @@ def build_package_files(runner: TaskRunner, package: Package, results: dict[int,
             md5_base64=result.md5_base64,
             checksum_base64=result.checksum_base64 or None,
         ))
+    runner.authors.flush_not_mapped(runner.store)
     return pkg.build_package(ids, items, users)

@@ -20,7 +20,7 @@ import os
 import socket
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,29 +32,46 @@ from spmt_tui.engine.progress import (
     Stats,
     null_sink,
 )
-from spmt_tui.engine.settings import Settings
+from spmt_tui.engine.settings import (
+    Settings,
+    SettingsError,
+    task_settings_from_json,
+    task_settings_to_json,
+)
 from spmt_tui.engine.source import FileShareSource
 from spmt_tui.logs import configure_logging, redact
 from spmt_tui.profile import TenantProfile
 from spmt_tui.spo.containers import StorageTransport
 from spmt_tui.spo.http import SharePointHttp, new_session
-from spmt_tui.spo.sharepoint import SharePointClient
+from spmt_tui.spo.sharepoint import SharePointClient, UserInfo
 from spmt_tui.engine.task_runner import TaskRunner
+from spmt_tui.engine.users import AuthorMap, UserMappingError, build_author_map
 from spmt_tui.state.store import SessionStore
 
 log = logging.getLogger("spmt.engine")
 
 DEVICE_NAME = socket.gethostname()
 
+TASK_SETTINGS_KEY = "task_settings"
+"""Key of the tasks' own settings (a list in task order) in the session's stored settings."""
+
+CODE_USER_MAPPING = "0x02010008"
+"""SPMT's code for a user mapping file that cannot be used."""
+
 
 @dataclass
 class MigrationTask:
-    """One source folder into one library folder."""
+    """One source folder into one library folder.
+
+    ``settings`` holds the task's own settings, by Settings field name (only names in
+    ``TASK_SETTINGS``). They replace the session's values for this task.
+    """
 
     source: str
     site_url: str
     library: str = "Documents"
     folder: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
         folder = f"/{self.folder.strip('/')}" if self.folder.strip("/") else ""
@@ -99,8 +116,11 @@ class Migration:
         log_to_stderr: bool = False,
     ) -> None:
         settings.validate()
+        for task in tasks:
+            settings.with_overrides(task.settings)
         self.tasks = tasks
         self.settings = settings
+        self._authors: dict[tuple[str, str, str], AuthorMap] = {}
         self.profile = profile
         self.credentials = credentials
         self.sink = sink
@@ -167,8 +187,11 @@ class Migration:
         store = SessionStore.open(session_dir / "session.db")
         try:
             info = store.session_info()
-            tasks = [MigrationTask(t["source"], t["site_url"], t["library"], t["folder"])
-                     for t in store.tasks()]
+            own_settings = info["settings"].get(TASK_SETTINGS_KEY) or []
+            tasks = [MigrationTask(t["source"], t["site_url"], t["library"], t["folder"],
+                                   task_settings_from_json(own_settings[index])
+                                   if index < len(own_settings) else {})
+                     for index, t in enumerate(store.tasks())]
             stored = Settings.from_json(info["settings"])
             if info["stored_status"] == "stopped_after_scan":
                 # The user reviewed the scan and resumes to migrate.
@@ -187,7 +210,7 @@ class Migration:
         os.chmod(self.session_dir, 0o700)
         configure_logging(log_file=self.log_path, stderr=self._log_to_stderr)
         self.store = SessionStore.open(self.session_dir / "session.db")
-        self.store.start_session(self.session_id, self.settings.to_json(),
+        self.store.start_session(self.session_id, self._settings_json(),
                                  [vars(t) for t in self.tasks], profile=str(self.profile.source_path or ""))
         log.info("session %s started: %s", self.session_id, "; ".join(t.describe() for t in self.tasks))
         status = "failed"
@@ -212,7 +235,10 @@ class Migration:
             log.exception("migration failed")
             self._emit_log("error", message)
         finally:
-            counts = self.store.counts() if self.store else {}
+            counts = {}
+            if self.store is not None:
+                current = self.store.current_round()
+                counts = self.store.counts(round_number=current) if current else self.store.counts()
             if self.store is not None:
                 self.store.finish_session(status, message)
                 try:
@@ -240,6 +266,8 @@ class Migration:
             else:
                 first = self.store.next_round()
             scan_first = self.settings.scan_only or not self.settings.start_when_no_issue
+            if not scan_first:
+                await self._resolve_authors(http)
             for round_number in range(first, first + self.settings.auto_rerun):
                 self.store.begin_round(round_number)
                 for task_index, task in enumerate(self.tasks):
@@ -264,6 +292,42 @@ class Migration:
         finally:
             await transport.close()
             await http_session.close()
+
+    def settings_for(self, task: MigrationTask) -> Settings:
+        """Return the settings ``task`` runs with: the session's, with the task's own on top."""
+        return self.settings.with_overrides(task.settings)
+
+    def _settings_json(self) -> dict[str, Any]:
+        data = self.settings.to_json()
+        if any(task.settings for task in self.tasks):
+            data[TASK_SETTINGS_KEY] = [task_settings_to_json(task.settings) for task in self.tasks]
+        return data
+
+    @staticmethod
+    def _author_key(task: MigrationTask, settings: Settings) -> tuple[str, str, str]:
+        """Tasks with equal keys share one AuthorMap: same site, mapping file and default user."""
+        return (task.site_url.rstrip("/").lower(), str(settings.user_mapping_file or ""),
+                (settings.default_user or "").lower())
+
+    async def _resolve_authors(self, http: SharePointHttp) -> None:
+        """Resolve every task's user mapping before any task runs, so a bad UPN stops them all."""
+        app_only = getattr(self.credentials, "kind", "user") == "app"
+        signed_in: dict[str, UserInfo | None] = {}
+        cache: dict[tuple[str, str], UserInfo] = {}
+        for task in self.tasks:
+            settings = self.settings_for(task)
+            key = self._author_key(task, settings)
+            if key in self._authors:
+                continue
+            client = SharePointClient(task.site_url, http)
+            site = key[0]
+            if site not in signed_in:
+                signed_in[site] = None if app_only else await client.current_user()
+            try:
+                self._authors[key] = await build_author_map(
+                    client, settings.user_mapping_file, settings.default_user, signed_in[site], cache)
+            except (UserMappingError, SettingsError) as error:
+                raise PreflightError(CODE_USER_MAPPING, str(error)) from error
 
     async def _token(self) -> str:
         """Return an access token; when silent refresh fails, pause until someone signs in again."""
@@ -307,13 +371,17 @@ class Migration:
         self.stats.set_phase("pre-flight", task.describe())
         self.sink(PhaseEvent("pre-flight", task.describe()))
         check_source(task.source)
+        settings = self.settings_for(task)
         client = SharePointClient(task.site_url, http)
         app_only = getattr(self.credentials, "kind", "user") == "app"
         target = await resolve_target(client, task.library, task.folder, app_only=app_only)
         user = None if app_only else await client.current_user()
         self.store.set_task_target(task_id, web_id=target.web.id, list_id=target.library.id)
         self.store.set_task_status(task_id, "running")
-        source = FileShareSource(task.source, follow_symlinks=self.settings.follow_symlinks)
-        runner = TaskRunner(self, task_id, task, round_number, target, client, transport, source, user)
+        source = FileShareSource(task.source, follow_symlinks=settings.follow_symlinks)
+        authors = self._authors.get(self._author_key(task, settings))
+        runner = TaskRunner(self, task_id, task, round_number, target, client, transport, source, user,
+                            authors=authors)
         await runner.run(scan_only=scan_only)
-        self.store.set_task_status(task_id, "completed")
+        counts = self.store.counts(round_number=round_number, task_id=task_id)
+        self.store.set_task_status(task_id, "completed_with_failures" if counts.get("failed") else "completed")

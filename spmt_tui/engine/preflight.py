@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ CODE_SITE_ADMIN_REQUIRED = "0x02010017"
 CODE_INVALID_SITE = "0x0201000F"
 CODE_SOURCE_UNREADABLE = "0x01110003"
 CODE_INVALID_LIBRARY = "0x02010023"
+CODE_INVALID_FOLDER = "0x0201000E"
 
 
 class PreflightError(Exception):
@@ -87,6 +89,24 @@ def check_source(path: str) -> None:
                              f"source {path} cannot be listed: {error.strerror or error}") from error
 
 
+def check_target_folder(folder: str, library_url: str) -> list[str]:
+    """Split ``--folder`` into names, rejecting any that SharePoint Online would refuse."""
+    from spmt_tui.engine.rules import Outcome, check_item
+
+    parts = [part for part in folder.replace("\\", "/").split("/") if part]
+    for index, part in enumerate(parts):
+        if part in (".", ".."):
+            raise PreflightError(CODE_INVALID_FOLDER,
+                                 f"invalid destination folder {folder!r}: '{part}' is not a folder "
+                                 "name; give the path inside the library, e.g. Projects/2024")
+        now = datetime.now(timezone.utc)
+        result, _ = check_item(parts[: index + 1], True, 0, now, now, False, False, library_url)
+        if result.outcome is not Outcome.PASS or result.new_name:
+            raise PreflightError(CODE_INVALID_FOLDER,
+                                 f"invalid destination folder {folder!r}: {result.message or part}")
+    return parts
+
+
 def folder_object_id(site_url: str, list_id: str, relative_path: str) -> str:
     """Deterministic GUID for a folder created by a migration (name-based UUID v5, URL namespace)."""
     key = f"{site_url.rstrip('/').lower()}|{list_id.lower()}|{relative_path.lower()}"
@@ -137,7 +157,7 @@ async def resolve_target(
             "Contribute or higher on the library",
         )
     target = Target(site_url=client.site_url, web=web, library=library)
-    parts = [part for part in folder.replace("\\", "/").split("/") if part]
+    parts = check_target_folder(folder, library.root_folder_url)
     parent_exists = True
     path = ""
     for part in parts:

@@ -40,6 +40,18 @@ _HAS_BIRTHTIME = hasattr(os.stat_result, "st_birthtime")
 _MISSING = object()
 
 
+class _SkipEntry(Exception):
+    """An entry that is recorded with an error and not stat'ed."""
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class ItemKind(str, Enum):
     """Kind of a source item."""
 
@@ -394,15 +406,29 @@ class FileShareSource(Source):
         for entry in entries:
             name = entry.name
             hidden = name[0] == "."
+            undecodable = False
+            if not name.isascii() and not _is_utf8(name):
+                # os.scandir keeps undecodable bytes as surrogates, which SharePoint, SQLite and
+                # the reports cannot carry. Report the item under an escaped name, and do not
+                # walk into such a folder, because its children's paths cannot be written either.
+                safe = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                errors[len(batch.names)] = (
+                    f"the name {safe!r} is not valid UTF-8; rename it at the source (for example "
+                    "with convmv) so it can be migrated")
+                name = safe
+                undecodable = True
             try:
+                if undecodable:
+                    raise _SkipEntry
                 info = entry.stat(follow_symlinks=False)
                 file_type = info.st_mode & type_mask
                 symlink = file_type == link_type
                 if symlink and follow:
                     info = entry.stat(follow_symlinks=True)
                     file_type = info.st_mode & type_mask
-            except OSError as error:
-                errors[len(batch.names)] = f"{type(error).__name__}: {error.strerror or error}"
+            except (OSError, _SkipEntry) as error:
+                if isinstance(error, OSError):
+                    errors[len(batch.names)] = f"{type(error).__name__}: {error.strerror or error}"
                 add_name(name)
                 add_is_folder(False)
                 add_size(0)
@@ -430,8 +456,8 @@ class FileShareSource(Source):
                 else:
                     subfolders.append((
                         entry.path, parts + (name,),
-                        SourceItem(parts, name, True, 0, created, modified, hidden, symlink,
-                                   owner, has_birthtime),
+                        SourceItem(parts, name, True, 0, created, modified, hidden,
+                                   symlink and not follow, owner, has_birthtime),
                         ancestors | {key} if follow else ancestors,
                     ))
             elif file_type != file_type_regular:
@@ -443,7 +469,8 @@ class FileShareSource(Source):
                 add_created(created)
             add_modified(modified)
             add_hidden(hidden)
-            add_symlink(symlink)
+            # A followed link is migrated as what it points to.
+            add_symlink(symlink and not follow)
             add_owner(owner)
         if not has_birthtime:
             # Without birth times the created column repeats the modified column; one C-level

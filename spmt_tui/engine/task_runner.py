@@ -133,6 +133,7 @@ class TaskRunner:
         self.job_slots = asyncio.Semaphore(self.settings.jobs_in_flight)
         self.queue_listener: QueueListener | None = None
         self.scan_issues = 0
+        self.unreadable_folders: set[int] = set()
         self.package_numbers = self.store.next_package_number(task_id)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -246,6 +247,11 @@ class TaskRunner:
                         if result.outcome is Outcome.PASS else None
                     records.append((item, result, destination))
                 row_ids = self.store.record_scanned(self.task_id, self.round, records)
+                for (item, result, destination), row_id in zip(records, row_ids):
+                    if item.error is not None and item.is_folder:
+                        # The folder passed in an earlier record and may already be packaged;
+                        # it must not be reported as migrated once its import ends.
+                        self.unreadable_folders.add(row_id)
                 for (item, result, destination), row_id, before in zip(records, row_ids, befores):
                     self.stats.add("scanned")
                     if result.outcome is not Outcome.PASS:
@@ -572,6 +578,7 @@ class TaskRunner:
         for attempt in range(1, MAX_UPLOAD_ATTEMPTS + 1):
             async with self.upload_slots:
                 await self.m._gate()
+                self.store.add_attempt(work.row_id, "upload")
                 try:
                     result = await encrypt_and_upload(self.source, work.item, container, key, blob_name,
                                                       self.stats)
@@ -593,11 +600,14 @@ class TaskRunner:
                     if attempt < MAX_UPLOAD_ATTEMPTS:
                         log.warning("upload of %s failed (%s); attempt %d of %d", work.item.relative_path,
                                     redact(str(error))[:300], attempt + 1, MAX_UPLOAD_ATTEMPTS)
-                        self.store.add_attempt(work.row_id, "upload")
                         await asyncio.sleep(attempt * 2.0)
                         continue
                     self._fail_item(work, CODE_UPLOAD_FAILED, f"upload failed: {redact(str(error))[:300]}")
                     return None
+            if result.plain_size != work.item.size or result.modified_ts != work.item.modified_ts:
+                # Changed after the scan but not while it was read: ship what was read, with
+                # its own size and time, and report those.
+                self.store.update_source_state(work.row_id, result.plain_size, result.modified_ts)
             self.stats.add("uploaded")
             self._event(work.row_id, work.item.relative_path, "uploaded", work.item.size)
             return result
@@ -636,6 +646,8 @@ class TaskRunner:
                 if event is not None:
                     self.store.mark(folder.row_id, "failed", code=str(event.get("ErrorCode", "")),
                                     message=str(event.get("Message", "")), job_id=job_id)
+                elif folder.row_id in self.unreadable_folders:
+                    continue
                 elif self.store.mark_if_not(folder.row_id, "migrated", job_id=job_id):
                     self.stats.add("migrated")
 
@@ -663,6 +675,11 @@ class TaskRunner:
         self._emit_log("error", f"package {package.number}: {message}")
         for work in package.files:
             self._fail_item(work, code, message)
+        for folder in package.folders:
+            # A folder carried by another package that succeeded stays migrated.
+            if folder.row_id is not None and self.store.get_item(folder.row_id).status != "migrated":
+                self.store.mark(folder.row_id, "failed", code=code, message=message)
+                self.stats.add("failed")
 
     def _emit_log(self, level: str, message: str) -> None:
         self.sink(LogEvent(level, message))
@@ -736,7 +753,7 @@ def build_package_files(runner: TaskRunner, package: Package, results: dict[int,
             parent_id=uuid.UUID(work.parent_id),
             size=result.plain_size,
             created=_utc(work.item.created_ts),
-            modified=_utc(work.item.modified_ts),
+            modified=_utc(result.modified_ts),
             author_id=author,
             editor_id=author,
             blob_name=result.blob_name,

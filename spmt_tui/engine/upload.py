@@ -52,6 +52,7 @@ class BlobResult:
     md5_base64: str
     checksum_base64: str
     iv_base64: str
+    modified_ts: float  # the file's modified time when it was read, which may be newer than the scan's
 
 
 def _read_all(handle: BinaryIO) -> bytes:
@@ -116,6 +117,7 @@ async def encrypt_and_upload(
         md5_base64=encryptor.md5_base64,
         checksum_base64=encryptor.checksum_base64 or "",
         iv_base64=encryptor.iv_base64,
+        modified_ts=after.modified_ts,
     )
 
 

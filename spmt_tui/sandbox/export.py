@@ -40,12 +40,22 @@ def export_library(data_dir: Path, library_title: str, out: Path, site_url: str 
             raise ExportError(f"library {library_title!r} not found in {site_url}; it has {known}")
         prefix = library.root_folder_url.rstrip("/") + "/"
         out.mkdir(parents=True, exist_ok=True)
+        root = out.resolve()
+
+        def inside(relative: str) -> Path:
+            """Return the export path of a library path; never a path outside ``out``."""
+            target = (root / relative).resolve()
+            if os.path.commonpath([root, target]) != str(root):
+                raise ExportError(f"library path {relative!r} would be written outside {out}; "
+                                  "the export stopped")
+            return target
+
         folders = [row for row in store.folders_in_library(library.id) if row["parent_id"]]
         for row in folders:
-            (out / row["url"][len(prefix):]).mkdir(parents=True, exist_ok=True)
+            inside(row["url"][len(prefix):]).mkdir(parents=True, exist_ok=True)
         files = total = 0
         for row in store.files_in_library(library.id):
-            target = out / row["url"][len(prefix):]
+            target = inside(row["url"][len(prefix):])
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(store.content_path(row["content"]), target)
             stamp = parse_time(row["modified"]).timestamp()
@@ -55,7 +65,7 @@ def export_library(data_dir: Path, library_title: str, out: Path, site_url: str 
         # Folder times last, deepest first, because writing a child changes the parent's time.
         for row in sorted(folders, key=lambda r: r["url"].count("/"), reverse=True):
             stamp = parse_time(row["modified"]).timestamp()
-            os.utime(out / row["url"][len(prefix):], (stamp, stamp))
+            os.utime(inside(row["url"][len(prefix):]), (stamp, stamp))
         return ExportResult(len(folders), files, total)
     finally:
         store.close()

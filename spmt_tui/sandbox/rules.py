@@ -57,6 +57,8 @@ def check_name(name: str, *, is_folder: bool, at_library_root: bool = False) -> 
     kind = "folder" if is_folder else "file"
     if not name:
         return RuleViolation("empty_name", f"The {kind} name is empty.")
+    if name in (".", ".."):
+        return RuleViolation("reserved_name", f"The {kind} name '{name}' is not allowed.")
     invalid = sorted({char for char in name if char in INVALID_NAME_CHARACTERS})
     if invalid:
         return RuleViolation(

@@ -718,7 +718,7 @@ class SessionStore(_Queries):
         with self._transaction() as connection:
             connection.execute(
                 "UPDATE tasks SET status = ?, started = COALESCE(started, ?), "
-                "finished = CASE WHEN ? IN ('completed', 'failed', 'cancelled') THEN ? ELSE NULL END "
+                "finished = CASE WHEN ? IN ('completed', 'completed_with_failures', 'failed', 'cancelled') THEN ? ELSE NULL END "
                 "WHERE id = ?", (status, now, status, now, task_id),
             )
 
@@ -844,6 +844,12 @@ class SessionStore(_Queries):
                 "category = COALESCE(?, category), job_id = COALESCE(?, job_id), updated_at = ? "
                 "WHERE id = ?", (status, code, message, category, job_id, time.time(), row_id),
             )
+
+    def update_source_state(self, row_id: int, size: int, modified: float) -> None:
+        """Record the size and modified time a file had when it was read for upload."""
+        with self._transaction() as connection:
+            connection.execute("UPDATE items SET size = ?, modified = ?, updated_at = ? WHERE id = ?",
+                               (size, modified, time.time(), row_id))
 
     def mark_many(self, row_ids: Iterable[int], status: str, *, job_id: str | None = None) -> None:
         """Set the status of several items in one transaction."""

@@ -50,6 +50,8 @@ def _add_sandbox(commands: argparse._SubParsersAction) -> None:
                          help="access token lifetime in seconds (default: %(default)s)")
     sandbox.add_argument("--sas-lifetime", type=int, default=None, metavar="SECONDS",
                          help="container SAS lifetime (default: 3 days, as SharePoint Online)")
+    sandbox.add_argument("--slow-seconds", type=float, default=2.0,
+                         help="delay of a call hit by the 'slow' fault (default: %(default)s)")
     sandbox.add_argument("-v", "--verbose", action="store_true", help="log every request")
     sandbox_commands = sandbox.add_subparsers(dest="sandbox_command")
     export = sandbox_commands.add_parser(
@@ -97,6 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sandbox_option_problem(args: argparse.Namespace) -> str | None:
+    """Return what is wrong with the sandbox's options, or None."""
+    if not 1 <= args.port <= 65533:
+        return f"invalid --port {args.port}: use 1 to 65533 (Azurite takes the two ports after it)"
+    if args.token_lifetime < 1:
+        return f"invalid --token-lifetime {args.token_lifetime}: use a number of seconds, 1 or more"
+    if not args.import_delay >= 0:
+        return f"invalid --import-delay {args.import_delay}: use 0 or more seconds"
+    if args.sas_lifetime is not None and args.sas_lifetime < 1:
+        return f"invalid --sas-lifetime {args.sas_lifetime}: use 1 or more seconds"
+    if not args.slow_seconds >= 0:
+        return f"invalid --slow-seconds {args.slow_seconds}: use 0 or more seconds"
+    for site in args.site:
+        if not site.startswith("/") or site.rstrip("/") in ("", "/sites") or " " in site:
+            return f"invalid --site {site!r}: give a server-relative URL such as /sites/finance"
+    return None
+
+
 def _run_sandbox(args: argparse.Namespace) -> int:
     from spmt_tui.sandbox.faults import FaultSpecError, parse_fault_spec
 
@@ -116,6 +136,10 @@ def _run_sandbox(args: argparse.Namespace) -> int:
     except FaultSpecError as error:
         print(f"spmt-tui sandbox: --faults: {error}", file=sys.stderr)
         return 2
+    problem = _sandbox_option_problem(args)
+    if problem:
+        print(f"spmt-tui sandbox: {problem}", file=sys.stderr)
+        return 2
     from spmt_tui.sandbox.server import SandboxOptions, run_sandbox
 
     configure_logging(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -132,11 +156,17 @@ def _run_sandbox(args: argparse.Namespace) -> int:
         import_delay=args.import_delay,
         token_lifetime=args.token_lifetime,
         sas_lifetime_seconds=args.sas_lifetime,
+        slow_seconds=args.slow_seconds,
     )
+    from spmt_tui.sandbox.azurite import AzuriteError
+
     try:
         return asyncio.run(run_sandbox(options))
     except KeyboardInterrupt:
         return 130
+    except (AzuriteError, OSError) as error:
+        print(f"spmt-tui sandbox: {error}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:

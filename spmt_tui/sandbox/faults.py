@@ -21,7 +21,7 @@ FAULT_KINDS: dict[str, str] = {
     "429": "answer a REST call with 429 Too Many Requests and Retry-After",
     "503": "answer a REST call with 503 Server Too Busy and Retry-After",
     "drop": "close the connection of a REST call without an answer",
-    "slow": "delay a REST call by --slow-seconds before answering",
+    "slow": "delay a REST call by --slow-seconds (default 2) before answering",
     "sas_expired": "provision containers whose SAS has already expired",
     "fatal": "end an import job with JobFatalError",
     "postpone": "post JobPostponed before a job starts",

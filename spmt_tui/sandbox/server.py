@@ -55,6 +55,7 @@ class SandboxOptions:
     import_delay: float = 2.0
     token_lifetime: int = 3600
     sas_lifetime_seconds: int | None = None
+    slow_seconds: float = 2.0
 
 
 def _load_or_create_config(data_dir: Path) -> dict[str, Any]:
@@ -107,7 +108,7 @@ class Tenant:
             import datetime as dt
 
             self.settings.sas_lifetime = dt.timedelta(seconds=options.sas_lifetime_seconds)
-        self.faults = Faults(options.faults, seed=options.fault_seed)
+        self.faults = Faults(options.faults, seed=options.fault_seed, slow_seconds=options.slow_seconds)
         self.store = TenantStore(self.data_dir)
         self.users = {u["username"].lower(): u for u in self.config["users"]}
         self.identity = IdentityService(
@@ -270,6 +271,11 @@ class Tenant:
     # -- lifetime ------------------------------------------------------------------------------
 
     async def start(self) -> web.AppRunner:
+        from spmt_tui.sandbox.azurite import AzuriteError, port_is_free
+
+        if not port_is_free(self.options.port):
+            raise AzuriteError(f"port {self.options.port} on 127.0.0.1 is in use: stop what listens "
+                               "there or choose another --port")
         if self.azurite is not None:
             await self.azurite.start()
         runner = web.AppRunner(self.build_app(), access_log=None)

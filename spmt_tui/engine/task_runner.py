@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,7 @@ MAX_CONTAINER_RETRIES = 3
 MAX_SUBMIT_RETRIES = 3
 SUBMIT_RETRY_DELAY = 5.0
 MAX_UPLOAD_ATTEMPTS = 3
+SOURCE_POLL_SECONDS = 5.0
 FILE_CHANGED_RETRY_DELAY = 1.0
 SCAN_BATCH = 2000
 
@@ -134,6 +136,7 @@ class TaskRunner:
         self.queue_listener: QueueListener | None = None
         self.scan_issues = 0
         self.unreadable_folders: set[int] = set()
+        self.source_lock = asyncio.Lock()
         self.package_numbers = self.store.next_package_number(task_id)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -591,6 +594,9 @@ class TaskRunner:
                                     f"{error}; it will be picked up by the next round")
                     return None
                 except SourceReadError as error:
+                    if not await asyncio.to_thread(os.path.isdir, self.task.source):
+                        await self._wait_for_source()
+                        continue
                     self._fail_item(work, CODE_SOURCE_UNREADABLE, str(error))
                     return None
                 except ContainerExpired:
@@ -664,6 +670,23 @@ class TaskRunner:
             if content is not None:
                 (folder / name).write_bytes(content)
 
+    async def _wait_for_source(self) -> None:
+        """Pause while the source share is gone (unmounted, network down), then go on."""
+        async with self.source_lock:
+            if await asyncio.to_thread(os.path.isdir, self.task.source):
+                return
+            message = (f"the source {self.task.source} is not reachable; the migration waits and "
+                       "goes on by itself when it is back")
+            log.warning(message)
+            self._emit_log("warning", message)
+            self.stats.set_phase("waiting for source", message)
+            self.sink(PhaseEvent("waiting for source", message))
+            while not await asyncio.to_thread(os.path.isdir, self.task.source):
+                await asyncio.sleep(SOURCE_POLL_SECONDS)
+            log.info("the source %s is back; going on", self.task.source)
+            self.stats.set_phase("migrating")
+            self.sink(PhaseEvent("migrating"))
+
     def _fail_item(self, work: WorkFile, code: str, message: str) -> None:
         self.store.mark(work.row_id, "failed", code=code, message=message)
         self.stats.add("failed")
@@ -713,9 +736,9 @@ def build_package_files(runner: TaskRunner, package: Package, results: dict[int,
     users: list[pkg.PackageUser] = []
     package_user_ids: dict[str, int] = {}
 
-    def user_id(owner: str | None, row_id: int | None) -> int:
+    def user_id(owner: str | None) -> int:
         """Return the package's id for the owner's user, adding the user once per package."""
-        person = runner.authors.person_for(owner, row_id)
+        person = runner.authors.person_for(owner)
         if person is None:
             return pkg.SYSTEM_ACCOUNT_USER_ID
         key = person.login.lower()
@@ -728,7 +751,7 @@ def build_package_files(runner: TaskRunner, package: Package, results: dict[int,
     items: list[pkg.PackageItem] = []
     for folder in package.folders:
         row = runner.store.get_item(folder.row_id) if folder.row_id is not None else None
-        author = user_id(folder_owner(runner.source, row.path) if row else None, folder.row_id)
+        author = user_id(folder_owner(runner.source, row.path) if row else None)
         items.append(pkg.PackageFolder(
             object_id=uuid.UUID(folder.object_id),
             item_id=uuid.UUID(folder.item_id),
@@ -743,7 +766,7 @@ def build_package_files(runner: TaskRunner, package: Package, results: dict[int,
         ))
     for work in package.files:
         result = results[work.row_id]
-        author = user_id(work.item.owner, work.row_id)
+        author = user_id(work.item.owner)
         items.append(pkg.PackageFile(
             object_id=uuid.UUID(work.object_id),
             item_id=uuid.UUID(work.item_id),
@@ -760,5 +783,5 @@ def build_package_files(runner: TaskRunner, package: Package, results: dict[int,
             md5_base64=result.md5_base64,
             checksum_base64=result.checksum_base64 or None,
         ))
-    runner.authors.flush_not_mapped(runner.store)
+    runner.authors.flush_not_mapped(runner.store, (runner.task_id, package.number))
     return pkg.build_package(ids, items, users)

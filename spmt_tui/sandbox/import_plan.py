@@ -15,7 +15,8 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 from spmt_tui.sandbox import rules
 from spmt_tui.sandbox.import_package import ContainerView, JobFatal, PackageFiles, SnapshotBlob
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from spmt_tui.sandbox.importer import ImportRun
 
 log = logging.getLogger("spmt.sandbox.importer")
+
+# Blobs read at once per job; storage round trips, not CPU, limit a job that reads one at a time.
+PREFETCH_WORKERS = 8
 
 SYSTEM_ACCOUNT_ID = 1073741823
 
@@ -263,6 +267,7 @@ class Planner:
         self.items_by_url: dict[str, XmlElement] = {}
         self.claimed_items: set[int] = set()
         self.steps: list[FolderStep | FileStep] = []
+        self.prefetched: dict[str, Any] = {}
 
     # entry point
 
@@ -316,9 +321,15 @@ class Planner:
         for spobject in sorted(folders, key=self._depth):
             self.run.checkpoint()
             self._plan_folder(spobject)
+        self._prefetch(files)
         for spobject in files:
             self.run.checkpoint()
             self._plan_file(spobject)
+        for leftover in self.prefetched.values():
+            # Blobs of files that failed a check before their content was needed.
+            if not isinstance(leftover, ContentError):
+                self.store.remove_content(leftover[1])
+        self.prefetched.clear()
         for item in items:
             if id(item) not in self.claimed_items:
                 self._unmatched_item(item)
@@ -654,6 +665,54 @@ class Planner:
         """Read one version's blob, verify it and write the plain bytes; return (content, length)."""
         if not file_value:
             raise ContentError(ERROR_INVALID_ARGUMENT, "FileValue is missing.")
+        attributes = source.attributes if outer is None else {**outer.attributes, **source.attributes}
+        fetched = self.prefetched.pop(file_value, None)
+        if fetched is None:
+            fetched = self._download(file_value, attributes.get("InitializationVector"))
+        if isinstance(fetched, ContentError):
+            raise fetched
+        blob, content, length, md5, checksum = fetched
+        try:
+            self._verify_hashes(blob, attributes, md5, checksum)
+        except ContentError:
+            self.store.remove_content(content)
+            raise
+        return content, length
+
+    def _prefetch(self, files: list[XmlElement]) -> None:
+        """Download, decrypt and hash every blob the files name, several at once.
+
+        Reading blobs one by one made the import wait on a storage round trip per file; the
+        results wait in ``prefetched`` until the file's own checks use them.
+        """
+        wanted: dict[str, str | None] = {}
+        for spobject in files:
+            element = spobject.children[0] if spobject.children else None
+            if element is None:
+                continue
+            sources = [element, *(child for versions in element.children_named("Versions")
+                                  for child in versions.children_named("File"))]
+            for source in sources:
+                file_value = source.get("FileValue")
+                if file_value and file_value not in wanted:
+                    wanted[file_value] = source.get("InitializationVector") or element.get("InitializationVector")
+        if len(wanted) < 2:
+            return
+        with ThreadPoolExecutor(max_workers=PREFETCH_WORKERS, thread_name_prefix="import-read") as pool:
+            futures = {name: pool.submit(self._download_or_error, name, iv) for name, iv in wanted.items()}
+            for name, future in futures.items():
+                self.prefetched[name] = future.result()
+
+    def _download_or_error(self, file_value: str, iv_attribute: str | None) -> Any:
+        try:
+            return self._download(file_value, iv_attribute)
+        except ContentError as failure:
+            return failure
+
+    def _download(
+        self, file_value: str, iv_attribute: str | None
+    ) -> tuple[SnapshotBlob, str, int, bytes, QuickXorHash]:
+        """Download and decrypt one blob into a new content file; return it with its hashes."""
         blob = self.data.latest.get(file_value)
         if blob is None:
             if self.data.has_blob(file_value):
@@ -663,10 +722,9 @@ class Planner:
                 )
             raise ContentError(ERROR_FILE_NOT_FOUND, f"Blob {file_value} was not found in the data container.")
 
-        attributes = source.attributes if outer is None else {**outer.attributes, **source.attributes}
         decryptor = None
         if self.run.job.encrypted:
-            iv_text = self.data.iv_of(blob) or attributes.get("InitializationVector")
+            iv_text = self.data.iv_of(blob) or iv_attribute
             if not iv_text or self.run.job.key is None:
                 raise ContentError(ERROR_INVALID_DATA, f"Blob {file_value} has no IV metadata.")
             try:
@@ -692,20 +750,16 @@ class Planner:
                     checksum.update(tail)
                     output.write(tail)
                     length += len(tail)
-            self._verify_hashes(blob, attributes, md5.digest(), checksum)
         except ValueError:
             self.store.remove_content(content)
             raise ContentError(
                 ERROR_INVALID_DATA, f"Blob {file_value} could not be decrypted with the job key and its IV."
             ) from None
-        except ContentError:
-            self.store.remove_content(content)
-            raise
         except Exception as failure:  # noqa: BLE001 - a storage error fails only this file
             self.store.remove_content(content)
             log.error("job %s: reading blob %s failed: %s", self.run.job.id, file_value, redact_sas(str(failure)))
             raise ContentError(ERROR_FILE_NOT_FOUND, f"Blob {file_value} could not be read.") from None
-        return content, length
+        return blob, content, length, md5.digest(), checksum
 
     @staticmethod
     def _verify_hashes(

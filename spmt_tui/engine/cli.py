@@ -29,7 +29,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     migrate.add_argument("--library", default="Documents",
                          help="destination document library title (default: %(default)s)")
     migrate.add_argument("--folder", default="", help="folder inside the library, created if missing")
-    migrate.add_argument("--tasks", type=Path, help="bulk task file (SPMT CSV, Migration Manager CSV or JSON)")
+    migrate.add_argument("--tasks", type=Path,
+                         help="bulk task file instead of SOURCE: SPMT CSV (8 columns), Migration "
+                         "Manager CSV (6 columns) or JSON with per-task Settings; --site, --library "
+                         "and --folder do not apply")
     add_arguments(migrate)
     _add_common(migrate)
     migrate.set_defaults(handler=run_migrate)
@@ -190,6 +193,8 @@ def _report(result: Any, migration: Any) -> int:
 
 def run_migrate(args: argparse.Namespace) -> int:
     from spmt_tui.engine.migration import Migration, MigrationTask
+    from spmt_tui.engine.tasks import TaskFileError, load_tasks
+    from spmt_tui.engine.users import UserMappingError, load_user_mapping
     from spmt_tui.profile import ProfileError, load_profile
 
     try:
@@ -197,9 +202,11 @@ def run_migrate(args: argparse.Namespace) -> int:
         if args.tenant_profile is None and args.auth != "account":
             raise SettingsError("--tenant-profile is required (the sandbox writes DIR/tenant.json)")
         profile = load_profile(args.tenant_profile) if args.tenant_profile else None
+        if settings.user_mapping_file is not None:
+            load_user_mapping(settings.user_mapping_file)
         if args.tasks:
-            from spmt_tui.engine.tasks import load_tasks
-
+            if args.source:
+                raise SettingsError("give either a SOURCE folder or --tasks FILE, not both")
             tasks = load_tasks(args.tasks)
         else:
             if not args.source:
@@ -209,10 +216,10 @@ def run_migrate(args: argparse.Namespace) -> int:
                 raise SettingsError("--site is required when the profile has no site_url")
             tasks = [MigrationTask(os.path.abspath(args.source), site, args.library, args.folder)]
         credentials = make_credentials(args, args.tenant_profile)
-    except (SettingsError, ProfileError) as error:
+        migration = Migration(tasks, settings, profile, credentials)
+    except (SettingsError, ProfileError, TaskFileError, UserMappingError) as error:
         print(f"spmt-tui migrate: {error}", file=sys.stderr)
         return 2
-    migration = Migration(tasks, settings, profile, credentials)
     print(f"session {migration.session_id}, log {migration.log_path}", file=sys.stderr)
     try:
         result = asyncio.run(_run_with_progress(migration))

@@ -63,7 +63,7 @@ CODE_USER_MAPPING = "0x02010008"
 class MigrationTask:
     """One source folder into one library folder.
 
-    ``settings`` holds the task's own settings, by Settings field name (only names in
+    ``settings`` contains the task's own settings, by Settings field name (only names in
     ``TASK_SETTINGS``). They replace the session's values for this task.
     """
 

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,9 @@ class SettingsError(ValueError):
 
 
 def _meta(help_text: str, *, group: str = "General", json_key: str | None = None,
-          flag: str | None = None) -> dict[str, Any]:
-    return {"help": help_text, "group": group, "json_key": json_key, "flag": flag}
+          flag: str | None = None, per_task: bool = False) -> dict[str, Any]:
+    return {"help": help_text, "group": group, "json_key": json_key, "flag": flag,
+            "per_task": per_task}
 
 
 @dataclass
@@ -41,7 +43,8 @@ class Settings:
         "first and stop so the scan reports can be reviewed, then resume the session to migrate",
         json_key="StartMigrationAutomaticallyWhenNoScanIssue"))
     incremental: bool = field(default=True, metadata=_meta(
-        "skip files that are unchanged or newer at the destination", json_key="EnableIncremental"))
+        "skip files that are unchanged or newer at the destination", json_key="EnableIncremental",
+        per_task=True))
     auto_rerun: int = field(default=1, metadata=_meta(
         "number of rounds in one run (1 = run once, up to 5) to catch files changed during the run",
         group="Advanced", json_key="EnableMultiRound"))
@@ -50,29 +53,31 @@ class Settings:
     # Filters
     include_hidden: bool = field(default=True, metadata=_meta(
         "migrate hidden files and folders (names starting with a dot)", group="Filters",
-        json_key="MigrateHiddenItems"))
+        json_key="MigrateHiddenItems", per_task=True))
     created_after: dt.datetime | None = field(default=None, metadata=_meta(
         "only migrate files created after this time (ISO 8601, e.g. 2024-01-31 or "
         "2024-01-31T08:00+02:00; a date without a zone is UTC)", group="Filters",
-        json_key="MigrateItemsCreatedAfter"))
+        json_key="MigrateItemsCreatedAfter", per_task=True))
     modified_after: dt.datetime | None = field(default=None, metadata=_meta(
         "only migrate files modified after this time (same format as --created-after)",
-        group="Filters", json_key="MigrateItemsModifiedAfter"))
+        group="Filters", json_key="MigrateItemsModifiedAfter", per_task=True))
     skip_extensions: str = field(default="", metadata=_meta(
         "extensions not to migrate, colon-separated without dots (e.g. tmp:bak); only the last "
-        "extension of a name counts", group="Filters", json_key="SkipFilesWithExtensions"))
+        "extension of a name counts", group="Filters", json_key="SkipFilesWithExtensions",
+        per_task=True))
     replace_invalid_char: str | None = field(default=None, metadata=_meta(
         "replace characters SharePoint rejects with this character instead of skipping the item",
-        group="Filters", json_key="ReplacementOfInvalidChar"))
+        group="Filters", json_key="ReplacementOfInvalidChar", per_task=True))
     follow_symlinks: bool = field(default=False, metadata=_meta(
-        "follow symbolic links (by default they are reported and skipped)", group="Filters"))
+        "follow symbolic links (by default they are reported and skipped)", group="Filters",
+        per_task=True))
     # Users
     user_mapping_file: Path | None = field(default=None, metadata=_meta(
         "CSV without header: source owner, target UPN, TRUE/FALSE (is a group)", group="Users",
-        json_key="UserMappingCSVFile"))
+        json_key="UserMappingCSVFile", per_task=True))
     default_user: str | None = field(default=None, metadata=_meta(
         "UPN used as author for owners missing from the mapping file (default: the signed-in "
-        "account)", group="Users"))
+        "account)", group="Users", per_task=True))
     # Performance
     package_max_files: int = field(default=250, metadata=_meta(
         "maximum files per package (Microsoft recommends 250)", group="Performance"))
@@ -95,10 +100,13 @@ class Settings:
             raise SettingsError(f"invalid auto_rerun {self.auto_rerun}: use 1 (run once) to 5")
         if self.replace_invalid_char is not None:
             char = self.replace_invalid_char
-            if len(char) != 1 or char in '"*:<>?/\\|' or char.isspace() or ord(char) < 32:
+            # '.' and '~' are legal in names but not as a replacement, because a name may not
+            # end with '.' and a folder name may not start with '~'.
+            if not isinstance(char, str) or len(char) != 1 or char in '"*:<>?/\\|.~' \
+                    or char.isspace() or ord(char) < 32 or 0x7F <= ord(char) <= 0x9F:
                 raise SettingsError(
                     f"invalid replacement character {char!r}: use one character that SharePoint "
-                    "allows in names, e.g. _ or -")
+                    "allows in names and that is not a space, '.' or '~', e.g. _ or -")
         for name in ("package_max_files", "package_max_mb", "upload_concurrency",
                      "packages_in_flight", "jobs_in_flight"):
             if getattr(self, name) < 1:
@@ -108,6 +116,30 @@ class Settings:
                 raise SettingsError(
                     f"invalid extension {part!r} in skip_extensions: write it without the dot, "
                     "colon-separated, e.g. tmp:bak")
+        if self.default_user is not None and "@" not in self.default_user:
+            raise SettingsError(
+                f"invalid default_user {self.default_user!r}: give the user principal name, "
+                "e.g. jane.doe@contoso.com")
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":
+        """Return a copy with a task's own settings applied on top; ``self`` is not changed.
+
+        ``overrides`` maps field names of per-task settings (``TASK_SETTINGS``) to values, which
+        are converted as the config file's values are. Raises SettingsError for other names and
+        for invalid values.
+        """
+        if not overrides:
+            return self
+        fields = {item.name: item for item in dataclasses.fields(self)}
+        merged = dataclasses.replace(self)
+        for name, value in overrides.items():
+            if name not in TASK_SETTINGS:
+                raise SettingsError(
+                    f"setting {name!r} cannot be set per task; per-task settings: "
+                    f"{', '.join(sorted(TASK_SETTINGS))}")
+            setattr(merged, name, _coerce(fields[name], value))
+        merged.validate()
+        return merged
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
@@ -127,6 +159,28 @@ class Settings:
             if item.name in data:
                 setattr(settings, item.name, _coerce(item, data[item.name]))
         return settings
+
+
+TASK_SETTINGS = frozenset(item.name for item in dataclasses.fields(Settings) if item.metadata["per_task"])
+"""Names of the settings a task may set for itself; the others apply to the whole session."""
+
+
+def task_settings_to_json(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a task's settings as JSON values (paths and times as text)."""
+    data: dict[str, Any] = {}
+    for name, value in overrides.items():
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, dt.datetime):
+            value = value.isoformat()
+        data[name] = value
+    return data
+
+
+def task_settings_from_json(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a task's settings from :func:`task_settings_to_json` output, with their types back."""
+    fields = {item.name: item for item in dataclasses.fields(Settings)}
+    return {name: _coerce(fields[name], value) for name, value in data.items() if name in TASK_SETTINGS}
 
 
 def parse_time(text: str) -> dt.datetime:

@@ -4,7 +4,7 @@ On-disk layout under the report folder (``report_dir``)::
 
     SummaryReport.csv                   one row per task and round
     summary.json                        session totals for scripts (not an SPMT file)
-    details/UserNotMapped.csv           only when write_user_not_mapped() is called
+    details/UserNotMapped.csv           owners that got the default user, when any did
     TaskReport_<task id>/
         ItemReport_R<n>.csv             one row per scanned item of round n
         ItemFailureReport_R<n>.csv      failed items of round n only
@@ -36,6 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from spmt_tui.state.store import ItemRow, StoreReader
+
+USER_NOT_MAPPED_SCOPE = "user_not_mapped"
+"""Counter scope the user mapping writes; each name is a JSON ``[owner, reason]``."""
 
 logger = logging.getLogger("spmt.reports")
 
@@ -295,7 +298,10 @@ def write_reports(
         writer = csv.writer(handle)
         writer.writerow(SUMMARY_COLUMNS)
         writer.writerows(summary_rows)
-    _write_summary_json(folder / "summary.json", info, summary_tasks, device)
+    not_mapped = _users_not_mapped(store)
+    if not_mapped:
+        write_user_not_mapped(folder, not_mapped)
+    _write_summary_json(folder / "summary.json", info, summary_tasks, device, not_mapped)
     logger.info("reports written to %s", folder)
     return folder
 
@@ -443,7 +449,17 @@ def _round_json(round_number: int, totals: _Totals) -> dict[str, Any]:
     }
 
 
-def _write_summary_json(path: Path, info: dict[str, Any], tasks: list[dict[str, Any]], device: str) -> None:
+def _users_not_mapped(store: StoreReader) -> list[tuple[str, str, int]]:
+    """Return ``(owner, reason, items)`` rows from the counters the user mapping keeps."""
+    rows = []
+    for (_, name), count in store.counters(USER_NOT_MAPPED_SCOPE).items():
+        owner, reason = json.loads(name)
+        rows.append((owner, reason, count))
+    return sorted(rows)
+
+
+def _write_summary_json(path: Path, info: dict[str, Any], tasks: list[dict[str, Any]], device: str,
+                        not_mapped: list[tuple[str, str, int]]) -> None:
     totals: dict[str, int] = {"scanned": 0, "migrated": 0, "skipped": 0, "failed": 0, "pending": 0,
                               "bytes_scanned": 0, "bytes_migrated": 0}
     for task in tasks:
@@ -463,6 +479,8 @@ def _write_summary_json(path: Path, info: dict[str, Any], tasks: list[dict[str, 
         "device_name": device,
         "totals_latest_round": totals,
         "tasks": tasks,
+        "users_not_mapped": [{"source_user": owner, "reason": reason, "items": items}
+                             for owner, reason, items in not_mapped],
     }
     path.write_text(json.dumps(document, indent=2), encoding="utf-8")
 

@@ -18,7 +18,7 @@ from spmt_tui.engine.settings import Settings
 from spmt_tui.profile import load_profile
 from spmt_tui.sandbox.export import export_library
 
-FAULTS = "429=0.1,503=0.05,drop=0.03,slow=0.02,fatal=0.15,postpone=0.2,lost_queue=0.3,sas_expired=0.2"
+FAULTS = "429=0.1,503=0.05,drop=0.03,slow=0.02,fatal=0.3,postpone=0.2,lost_queue=0.3,sas_expired=0.2"
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ async def test_faults_leave_no_gap_or_duplicate(faulty_sandbox: Sandbox, tmp_pat
     provider = UsernamePasswordProvider(AuthSettings.from_profile(data), data["user"]["username"],
                                         data["user"]["password"], store=MemoryStore())
     profile = load_profile(faulty_sandbox.profile_path)
-    settings = Settings(working_folder=tmp_path / "work", package_max_files=15, fatal_retries=4,
+    settings = Settings(working_folder=tmp_path / "work", package_max_files=6, fatal_retries=8,
                         job_poll_seconds=1.0)
     migration = Migration([MigrationTask(str(source), profile.site_url, "Documents", "faults")],
                           settings, profile, provider)

@@ -64,6 +64,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--password-env", metavar="VAR",
                         help="environment variable that holds the password for --auth password")
     parser.add_argument("--account", help="saved account name for --auth account")
+    parser.add_argument("--token-cache", choices=("auto", "keyring", "encrypted-file", "plaintext-file", "memory"),
+                        default="auto",
+                        help="where to keep tokens between runs: auto (the OS keyring, else a file "
+                        "encrypted with SPMT_TUI_CACHE_PASSPHRASE, else memory only), keyring, "
+                        "encrypted-file, plaintext-file (unencrypted) or memory (default: auto)")
     parser.add_argument("--config", type=Path, help="TOML file with default settings")
     if not any(a.dest == "working_folder" for a in parser._actions):
         parser.add_argument("--working-folder", type=Path, default=None,
@@ -74,6 +79,40 @@ def _profile_dict(path: Path) -> dict[str, Any]:
     import json
 
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _check_working_folder(folder: Path) -> None:
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SettingsError(f"invalid --working-folder {folder}: it cannot be created "
+                            f"({error.strerror or error}); choose a folder you can write to") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SettingsError(f"invalid --working-folder {folder}: it is not writable by this account")
+
+
+def _sign_in_record(args: argparse.Namespace, profile_path: Path | None) -> dict[str, Any]:
+    """How this run signs in, to be stored with the session; never a secret."""
+    method = args.auth or ("account" if profile_path is None else "device-code")
+    record: dict[str, Any] = {"method": method}
+    for name in ("username", "password_env", "certificate", "certificate_passphrase_env", "account",
+                 "token_cache"):
+        value = getattr(args, name, None)
+        if value is not None:
+            record[name] = str(value)
+    return record
+
+
+def _apply_sign_in_record(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    """Fill the sign-in options a resume was not given from the session's stored record."""
+    if args.auth is not None or not record:
+        return
+    args.auth = record.get("method")
+    for name in ("username", "password_env", "certificate_passphrase_env", "account", "token_cache"):
+        if getattr(args, name, None) in (None, "auto") and record.get(name):
+            setattr(args, name, record[name])
+    if args.certificate is None and record.get("certificate"):
+        args.certificate = Path(record["certificate"])
 
 
 def make_credentials(args: argparse.Namespace, profile_path: Path | None) -> Any:
@@ -94,17 +133,26 @@ def make_credentials(args: argparse.Namespace, profile_path: Path | None) -> Any
     if profile_path is None:
         raise SettingsError(f"--auth {method} needs --tenant-profile")
     profile = _profile_dict(profile_path)
+    choice = getattr(args, "token_cache", "auto") or "auto"
     try:
-        store = choose_store("auto")
+        store = choose_store(choice)
     except CacheStoreError as error:
-        print(f"spmt-tui: the token cache is kept in memory only ({error})", file=sys.stderr)
+        if choice != "auto":
+            raise SettingsError(f"--token-cache {choice}: {error}") from None
+        print("spmt-tui: no secure token cache is available, so tokens are kept in memory for "
+              "this run only (use --token-cache to choose a store)", file=sys.stderr)
         store = MemoryStore()
     if method == "certificate":
         settings = AuthSettings.from_profile(profile, app_only=True, profile_dir=profile_path.parent)
         certificate = args.certificate or Path((profile.get("app") or {}).get("certificate", ""))
         if not str(certificate):
             raise SettingsError("--auth certificate needs --certificate or app.certificate in the profile")
-        passphrase = os.environ.get(args.certificate_passphrase_env) if args.certificate_passphrase_env else None
+        passphrase = None
+        if args.certificate_passphrase_env:
+            passphrase = os.environ.get(args.certificate_passphrase_env)
+            if passphrase is None:
+                raise SettingsError(f"--certificate-passphrase-env {args.certificate_passphrase_env}: "
+                                    "that environment variable is not set")
         return CertificateProvider(settings, certificate, passphrase=passphrase, store=store)
     settings = AuthSettings.from_profile(profile, profile_dir=profile_path.parent)
     if method == "password":
@@ -112,7 +160,13 @@ def make_credentials(args: argparse.Namespace, profile_path: Path | None) -> Any
         username = args.username or user.get("username")
         if not username:
             raise SettingsError("--auth password needs --username or user.username in the profile")
-        password = os.environ.get(args.password_env) if args.password_env else user.get("password")
+        if args.password_env:
+            password = os.environ.get(args.password_env)
+            if password is None:
+                raise SettingsError(f"--password-env {args.password_env}: that environment variable "
+                                    "is not set; export it with the password first")
+        else:
+            password = user.get("password")
         return UsernamePasswordProvider(settings, username, password, store=store)
 
     def show(prompt: Any) -> None:
@@ -214,9 +268,14 @@ def run_migrate(args: argparse.Namespace) -> int:
             site = args.site or (profile.site_url if profile else None)
             if not site:
                 raise SettingsError("--site is required when the profile has no site_url")
+            if not site.lower().startswith("https://") or len(site) <= len("https://"):
+                raise SettingsError(f"invalid --site {site!r}: give the site's https URL, e.g. "
+                                    "https://contoso.sharepoint.com/sites/finance")
             tasks = [MigrationTask(os.path.abspath(args.source), site, args.library, args.folder)]
+        _check_working_folder(settings.working_folder)
         credentials = make_credentials(args, args.tenant_profile)
         migration = Migration(tasks, settings, profile, credentials)
+        migration.sign_in_method = _sign_in_record(args, args.tenant_profile)
     except (SettingsError, ProfileError, TaskFileError, UserMappingError) as error:
         print(f"spmt-tui migrate: {error}", file=sys.stderr)
         return 2
@@ -269,6 +328,7 @@ def run_resume(args: argparse.Namespace) -> int:
     if chosen.status == "running":
         print(f"spmt-tui resume: session {chosen.id} is running in process {chosen.pid}", file=sys.stderr)
         return 2
+    _apply_sign_in_record(args, Migration.stored_sign_in(settings.working_folder, chosen.id))
     profile_path = args.tenant_profile or (Path(chosen.profile_path) if chosen.profile_path else None)
     try:
         profile = load_profile(profile_path) if profile_path else None
@@ -277,6 +337,7 @@ def run_resume(args: argparse.Namespace) -> int:
         print(f"spmt-tui resume: {error}", file=sys.stderr)
         return 2
     migration = Migration.open_session(chosen.id, settings, profile, credentials)
+    migration.sign_in_method = _sign_in_record(args, profile_path)
     print(f"resuming session {chosen.id}", file=sys.stderr)
     try:
         result = asyncio.run(_run_with_progress(migration))

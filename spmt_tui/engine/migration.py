@@ -94,6 +94,9 @@ class MigrationResult:
         return 1
 
 
+SIGN_IN_KEY = "_sign_in"
+
+
 def _first_leaf(error: BaseException) -> BaseException:
     """Return the first exception inside (nested) exception groups, or ``error`` itself."""
     while isinstance(error, BaseExceptionGroup) and error.exceptions:
@@ -140,6 +143,9 @@ class Migration:
         # Called when tokens can no longer be refreshed silently. It must sign the user in again:
         # the CLI runs the device code flow on a terminal, and the TUI shows its sign-in screen.
         self.sign_in_handler: Any = None
+        # How the session signs in, kept with it so a resume signs in the same way. Only the
+        # method, user name and certificate path; never a password or passphrase.
+        self.sign_in_method: dict[str, Any] = {}
         self._sign_in_lock = asyncio.Lock()
 
     # -- control from any thread ------------------------------------------------------------------
@@ -199,8 +205,19 @@ class Migration:
         finally:
             store.close()
         stored.working_folder = settings.working_folder
-        return cls(tasks, stored, profile, credentials, sink=sink, session_id=session_id,
-                   log_to_stderr=log_to_stderr)
+        migration = cls(tasks, stored, profile, credentials, sink=sink, session_id=session_id,
+                        log_to_stderr=log_to_stderr)
+        migration.sign_in_method = dict(info["settings"].get(SIGN_IN_KEY) or {})
+        return migration
+
+    @staticmethod
+    def stored_sign_in(working_folder: Path, session_id: str) -> dict[str, Any]:
+        """Return how a session signed in (method, user name, certificate path; never a secret)."""
+        store = SessionStore.open(Path(working_folder) / "sessions" / session_id / "session.db")
+        try:
+            return dict(store.session_info()["settings"].get(SIGN_IN_KEY) or {})
+        finally:
+            store.close()
 
     async def run(self) -> MigrationResult:
         self._loop = asyncio.get_running_loop()
@@ -299,6 +316,8 @@ class Migration:
 
     def _settings_json(self) -> dict[str, Any]:
         data = self.settings.to_json()
+        if self.sign_in_method:
+            data[SIGN_IN_KEY] = self.sign_in_method
         if any(task.settings for task in self.tasks):
             data[TASK_SETTINGS_KEY] = [task_settings_to_json(task.settings) for task in self.tasks]
         return data

@@ -27,6 +27,9 @@ class SettingsError(ValueError):
     pass
 
 
+MAX_PACKAGE_MB = 10_240
+
+
 def _meta(help_text: str, *, group: str = "General", json_key: str | None = None,
           flag: str | None = None, per_task: bool = False) -> dict[str, Any]:
     return {"help": help_text, "group": group, "json_key": json_key, "flag": flag,
@@ -116,6 +119,24 @@ class Settings:
                 raise SettingsError(
                     f"invalid extension {part!r} in skip_extensions: write it without the dot, "
                     "colon-separated, e.g. tmp:bak")
+        if not (isinstance(self.job_poll_seconds, (int, float)) and 0.1 <= self.job_poll_seconds <= 3600):
+            raise SettingsError(
+                f"invalid job_poll_seconds {self.job_poll_seconds}: use a number of seconds from "
+                "0.1 to 3600")
+        if not 0 <= self.fatal_retries <= 10:
+            raise SettingsError(f"invalid fatal_retries {self.fatal_retries}: use 0 to 10")
+        if self.package_max_mb > MAX_PACKAGE_MB:
+            raise SettingsError(
+                f"invalid package_max_mb {self.package_max_mb}: use at most {MAX_PACKAGE_MB}; "
+                "Microsoft recommends packages of 100 to 250 MB (a larger file travels alone)")
+        if any(char in self.skip_extensions for char in ", ;"):
+            raise SettingsError(
+                f"invalid skip_extensions {self.skip_extensions!r}: separate extensions with colons, "
+                "e.g. tmp:bak")
+        if self.user_mapping_file is not None and not Path(self.user_mapping_file).is_file():
+            raise SettingsError(
+                f"user mapping file {self.user_mapping_file} not found: give the path of the "
+                "3-column CSV (source owner, target UPN, TRUE/FALSE)")
         if self.default_user is not None and "@" not in self.default_user:
             raise SettingsError(
                 f"invalid default_user {self.default_user!r}: give the user principal name, "
@@ -201,6 +222,8 @@ def _coerce(item: dataclasses.Field[Any], value: Any) -> Any:
         return None
     kind = str(item.type)
     if "Path" in kind:
+        if not isinstance(value, (str, Path)):
+            raise SettingsError(f"invalid value {value!r} for {item.name}: give a folder or file path")
         return Path(value).expanduser()
     if "datetime" in kind:
         return value if isinstance(value, dt.datetime) else parse_time(str(value))
@@ -219,7 +242,13 @@ def _coerce(item: dataclasses.Field[Any], value: Any) -> Any:
         except (TypeError, ValueError):
             raise SettingsError(f"invalid value {value!r} for {item.name}: use a whole number") from None
     if kind == "float":
-        return float(value)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"invalid value {value!r} for {item.name}: use a number") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise SettingsError(f"invalid value {value!r} for {item.name}: use a finite number")
+        return number
     return value
 
 

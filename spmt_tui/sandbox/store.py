@@ -61,6 +61,9 @@ CREATE TABLE IF NOT EXISTS folders (
     editor_id INTEGER
 );
 CREATE INDEX IF NOT EXISTS folders_parent ON folders(parent_id);
+CREATE INDEX IF NOT EXISTS folders_list ON folders(list_id);
+CREATE INDEX IF NOT EXISTS folders_url_nocase ON folders(lower(url));
+CREATE INDEX IF NOT EXISTS folders_id_nocase ON folders(lower(id));
 CREATE TABLE IF NOT EXISTS files (
     id TEXT PRIMARY KEY,
     list_id TEXT NOT NULL,
@@ -79,6 +82,11 @@ CREATE TABLE IF NOT EXISTS files (
     job_id TEXT
 );
 CREATE INDEX IF NOT EXISTS files_folder ON files(folder_id);
+CREATE INDEX IF NOT EXISTS files_list ON files(list_id);
+-- Look-ups compare URLs and GUIDs ignoring case (lower(x) = lower(?)); without these
+-- expression indexes each one scans the table and an import gets slower with every file.
+CREATE INDEX IF NOT EXISTS files_url_nocase ON files(lower(url));
+CREATE INDEX IF NOT EXISTS files_id_nocase ON files(lower(id));
 CREATE TABLE IF NOT EXISTS file_versions (
     file_id TEXT NOT NULL,
     version TEXT NOT NULL,
@@ -96,6 +104,7 @@ CREATE TABLE IF NOT EXISTS item_ids (
     object_id TEXT NOT NULL,          -- the file or folder GUID that owns this IntId
     PRIMARY KEY (list_id, int_id)
 );
+CREATE INDEX IF NOT EXISTS item_ids_list_nocase ON item_ids(lower(list_id), int_id);
 """
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"

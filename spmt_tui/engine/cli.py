@@ -39,7 +39,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     sessions = commands.add_parser("sessions", help="list migration sessions with their state")
     sessions.add_argument("--working-folder", type=Path, default=None,
-                          help="folder that holds the sessions (default: the per-user data folder)")
+                          help="folder that contains the sessions (default: the per-user data folder)")
     sessions.set_defaults(handler=run_sessions)
 
     resume = commands.add_parser("resume", help="resume an interrupted session")
@@ -59,10 +59,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--certificate", type=Path,
                         help="PEM or PFX for --auth certificate (default: the profile's app certificate)")
     parser.add_argument("--certificate-passphrase-env", metavar="VAR",
-                        help="environment variable that holds the certificate's passphrase")
+                        help="environment variable that contains the certificate's passphrase")
     parser.add_argument("--username", help="user for --auth password (default: the profile's user)")
     parser.add_argument("--password-env", metavar="VAR",
-                        help="environment variable that holds the password for --auth password")
+                        help="environment variable that contains the password for --auth password")
     parser.add_argument("--account", help="saved account name for --auth account")
     parser.add_argument("--token-cache", choices=("auto", "keyring", "encrypted-file", "plaintext-file", "memory"),
                         default="auto",
@@ -92,7 +92,7 @@ def _check_working_folder(folder: Path) -> None:
 
 
 def _sign_in_record(args: argparse.Namespace, profile_path: Path | None) -> dict[str, Any]:
-    """How this run signs in, to be stored with the session; never a secret."""
+    """Return how this run signs in, for the session to store; it never contains a secret."""
     method = args.auth or ("account" if profile_path is None else "device-code")
     record: dict[str, Any] = {"method": method}
     for name in ("username", "password_env", "certificate", "certificate_passphrase_env", "account",

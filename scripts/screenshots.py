@@ -197,6 +197,10 @@ def main() -> int:
         os.environ["XDG_DATA_HOME"] = str(root / "data")
         os.environ.setdefault("SPMT_TUI_CACHE_PASSPHRASE", "screenshots-only")
         os.environ.setdefault("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
+        from spmt_tui.logs import configure_logging
+
+        # Log records go to a file, so none lands between the script's own lines.
+        configure_logging(log_file=root / "screenshots.log", stderr=False)
         share = make_sample_share(root)
         process, _profile = start_sandbox(root / "tenant")
         try:

@@ -273,9 +273,12 @@ class TaskRunner:
                     work = await self._plan_item(row_id, item, destination, before)
                     if work is not None:
                         await out.put(work)
-        finally:
-            if out is not None:
-                await out.put(_END)
+        except asyncio.CancelledError:
+            # The consumers are being cancelled too; waiting to put the end marker into a full
+            # queue here would keep the cancellation from ever finishing.
+            raise
+        if out is not None:
+            await out.put(_END)
 
     async def _destination_listing(self, library_relative_folder: str) -> dict[str, FileInfo]:
         """Files at the destination in a folder that already existed there (lower-case names)."""

@@ -118,7 +118,10 @@ async def test_wizard_migrates_with_password(sandbox: Any, tui_env: Settings, tm
         assert run.result.status == "completed"
         assert run.result.counts["migrated"] == 24 + 2
         assert run.result.counts["failed"] == 0
-        await wait_until(pilot, lambda: isinstance(app.screen, ReportScreen), what="the Report screen")
+        await wait_until(pilot, lambda: isinstance(app.screen, ReportScreen)
+                         and app.screen.query("#report-files OptionList, OptionList#report-files")
+                         and app.screen.query_one("#report-files", OptionList).option_count,
+                         what="the Report screen and its file list")
         files = app.screen.query_one("#report-files", OptionList)
         names = [str(files.get_option_at_index(index).prompt) for index in range(files.option_count)]
         assert any("SummaryReport.csv" in name for name in names)
@@ -131,6 +134,7 @@ async def test_wizard_migrates_with_password(sandbox: Any, tui_env: Settings, tm
                                              f"{library.root_folder_url}/wizard-password")
         assert sorted(folder.name for folder in folders) == ["alpha", "beta"]
         token = await signed_in.provider.get_token()
+        await pilot.pause(0.2)  # let the last screen finish mounting before the app exits
 
     password = sandbox.profile["user"]["password"]
     assert secret_files(tmp_path, [password, token, PASSPHRASE]) == []

@@ -33,13 +33,13 @@ QUIET_POLLS_BEFORE_STATUS = 12
 
 
 def event_key(event: dict[str, Any]) -> str:
-    """A key that is equal for the same event whether it came from the queue or the progress API."""
+    """Return a key that is equal for the same event from the queue and from the progress API."""
     normalized = {str(k): str(v) for k, v in event.items()}
     return json.dumps(normalized, sort_keys=True)
 
 
 class JobLost(Exception):
-    """The service no longer knows the job (not found, or its status expired)."""
+    """The service no longer has the job (not found, or its status expired)."""
 
 
 @dataclass
@@ -188,5 +188,5 @@ async def follow_job(
         if outcome.end is not None:
             return outcome
         if end_from_queue:
-            # The queue said JobEnd but the progress API has not caught up yet; ask again soon.
+            # The queue delivered JobEnd before the progress API has it, so poll again soon.
             await asyncio.sleep(min(1.0, poll_seconds))

@@ -2,7 +2,7 @@
 
 As SPMT does: the source must be readable, the signed-in account must be a site collection
 administrator of the destination (or an app with full control) and able to add items to the
-library. Each failure stops the task with a message that says what to fix.
+library. Each failure stops the task with a message that names what to fix.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ CODE_INVALID_FOLDER = "0x0201000E"
 
 
 class PreflightError(Exception):
-    """The task cannot start; ``code`` is SPMT's error code and the message says what to fix."""
+    """The task cannot start. ``code`` is SPMT's error code, and the message names what to fix."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

@@ -430,7 +430,7 @@ class TaskRunner:
             await out.put(_END)
 
     def _with_ancestors(self, files: list[WorkFile], folders: list[WorkFolder]) -> list[WorkFolder]:
-        """The package's folders plus every new folder its items sit in, parents first."""
+        """Return the package's folders plus every new folder its items are in, parents first."""
         chosen: dict[str, WorkFolder] = {f.relative_path.lower(): f for f in folders}
         for path in [f.relative_path for f in files] + [f.relative_path for f in folders]:
             parent = path.rpartition("/")[0]
@@ -445,7 +445,7 @@ class TaskRunner:
         return sorted(chosen.values(), key=lambda f: f.relative_path.count("/"))
 
     def _chain_folder(self, path: str) -> WorkFolder | None:
-        """A folder of the target path (``--folder``) that does not exist yet."""
+        """Return the work item of a ``--folder`` path folder that does not exist yet, or None."""
         for index, folder in enumerate(self.target.folder_chain):
             if folder.relative_path.lower() == path.lower() and not folder.exists:
                 parent = self.target.folder_chain[index - 1].id if index else self.target.library.root_folder_id

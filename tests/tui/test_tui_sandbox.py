@@ -129,7 +129,8 @@ async def test_wizard_migrates_with_password(sandbox: Any, tui_env: Settings, tm
 
         signed_in = app.plan.signed_in
         assert signed_in is not None
-        library = (await app.services.site(signed_in, sandbox.site_url)).libraries[0]
+        library = next(lib for lib in (await app.services.site(signed_in, sandbox.site_url)).libraries
+                       if lib.title == "Documents")
         folders = await app.services.folders(signed_in, sandbox.site_url,
                                              f"{library.root_folder_url}/wizard-password")
         assert sorted(folder.name for folder in folders) == ["alpha", "beta"]

@@ -36,7 +36,7 @@ _PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "htt
 def keep_traffic_local() -> None:
     """Remove proxy settings from the environment, so every request goes straight to 127.0.0.1.
 
-    The client's aiohttp session and rclone both honour proxy variables; a proxy would send the
+    The client's aiohttp session and rclone both honour proxy variables. A proxy would send the
     benchmark's traffic off the machine and measure the proxy instead of the client.
     """
     for name in _PROXY_VARIABLES:
@@ -311,7 +311,7 @@ class Sandbox:
         return pids[0] if pids else None
 
     def admin_blob_service(self) -> Any:
-        """A synchronous blob service client with Azurite's account key, for set-up and clean-up."""
+        """Return a synchronous blob service client with Azurite's account key."""
         from azure.storage.blob import BlobServiceClient
 
         from spmt_tui.sandbox.context import AZURITE_ACCOUNT, AZURITE_KEY
@@ -320,7 +320,7 @@ class Sandbox:
             "account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY}, connection_verify=self.ca_bundle)
 
     def credentials(self) -> Any:
-        """A username and password token provider for the sandbox's admin user, cache in memory."""
+        """Return a username-and-password token provider for the sandbox's admin user."""
         from spmt_tui.auth.cache import MemoryStore
         from spmt_tui.auth.tokens import AuthSettings, UsernamePasswordProvider
 

@@ -33,7 +33,7 @@ def find_rclone() -> tuple[str | None, str]:
 
 
 class Rclone:
-    """An rclone command line with its own config file holding one remote, ``azurite``."""
+    """An rclone command line with its own config file, which defines one remote, ``azurite``."""
 
     def __init__(self, binary: str, sandbox: Sandbox, config_path: Path) -> None:
         from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas

@@ -1,6 +1,6 @@
 """Run the benchmarks and print one ``ratio <name> <value> (goal <op> <target>)`` line each.
 
-    python -m benchmarks.run --quick           # a few minutes (what `make bench` runs)
+    python -m benchmarks.run --quick           # about 10 minutes on 2 cores (what `make bench` runs)
     python -m benchmarks.run --full            # more rounds and the large memory runs
     python -m benchmarks.run --only scan,upload --record
 
@@ -86,7 +86,9 @@ def run_tui_latency(goals: list[tuple[str, str, float]], context: Context) -> li
     try:
         process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as error:
-        output = error.stdout.decode(errors="replace") if isinstance(error.stdout, bytes) else error.stdout or ""
+        output = error.stdout or ""
+        if isinstance(output, bytes):
+            output = output.decode(errors="replace")
         for line in output.splitlines():
             print(f"  {line}", flush=True)
         return _failed(goals, f"benchmarks/tui_latency.py timed out after {timeout} s and was stopped")
@@ -102,9 +104,9 @@ def run_tui_latency(goals: list[tuple[str, str, float]], context: Context) -> li
             continue
         name, value, op, target = match.groups()
         try:
-            results.append(Result(name, op, float(target), float(value)))
+            results.append(Result(name, op, float(target), float(value), unit="ms"))
         except ValueError:
-            results.append(Result(name, op, float(target), skipped=line.split(")", 1)[-1].strip()))
+            results.append(Result(name, op, float(target), unit="ms", skipped=line.split(")", 1)[-1].strip()))
     if not results:
         reason = f"benchmarks.tui_latency printed no ratio line (exit code {process.returncode})"
         if process.stderr:
@@ -132,7 +134,7 @@ def load_average() -> str:
     return f"{os.getloadavg()[0]:.1f}"
 
 
-def results_table(results: list[Result], command: str, elapsed: float, load: str) -> str:
+def results_table(results: list[Result], command: str, elapsed: float, load: str, source: str) -> str:
     """Return the markdown block for BENCHMARKS.md: date, machine, command and one row per figure."""
     rows = ["| name | value | goal | met |", "|---|---|---|---|"]
     for result in results:
@@ -143,12 +145,14 @@ def results_table(results: list[Result], command: str, elapsed: float, load: str
         value = f"{result.value:.0f}" if result.unit else f"{result.value:.2f}"
         rows.append(f"| {result.name} | {value}{unit} | {result.op} {result.target:g}{unit} | "
                     f"{'yes' if result.met else 'no'} |")
-    header = (f"Date: {dt.date.today().isoformat()}. Machine: {machine_summary()}. Source: {source_state()}. "
-              f"Command: `{command}` ({elapsed / 60:.0f} min). Load average (1 min) at start and end: {load}.")
+    header = (f"Date: {dt.date.today().isoformat()}. Machine: {machine_summary()}. "
+              f"Source: {source} at the start. "
+              f"Command: `{command}` ({elapsed / 60:.0f} min). "
+              f"Load average (1 min) at start and end: {load}.")
     return header + "\n\n" + "\n".join(rows) + "\n"
 
 
-def record(results: list[Result], mode: str, command: str, elapsed: float, load: str) -> None:
+def record(results: list[Result], mode: str, command: str, elapsed: float, load: str, source: str) -> None:
     """Replace the quick or full results block of BENCHMARKS.md with this run's table."""
     path = REPO / "BENCHMARKS.md"
     start = f"<!-- results:{mode}:start -->"
@@ -158,7 +162,7 @@ def record(results: list[Result], mode: str, command: str, elapsed: float, load:
         raise SystemExit(f"{path} has no {start} ... {end} block to replace")
     before, rest = text.split(start, 1)
     after = rest.split(end, 1)[1]
-    path.write_text(f"{before}{start}\n{results_table(results, command, elapsed, load)}{end}{after}")
+    path.write_text(f"{before}{start}\n{results_table(results, command, elapsed, load, source)}{end}{after}")
     print(f"wrote the results table to {path}")
 
 
@@ -166,9 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="fewer rounds and smaller memory runs (default)")
-    size.add_argument("--full", action="store_true", help="more rounds, 100,000-file and 5 GB memory runs")
-    names = [name for module, goals in BENCHMARKS for name in [module]]
-    parser.add_argument("--only", default="", help=f"comma-separated benchmarks to run, from: {', '.join(names)}")
+    size.add_argument("--full", action="store_true",
+                      help="more rounds, 1 GiB and 5,000-file uploads, 20,000-file and 5 GiB memory runs")
+    names = [module for module, _ in BENCHMARKS]
+    parser.add_argument("--only", default="",
+                        help=f"comma-separated benchmarks to run, from: {', '.join(names)}")
     parser.add_argument("--data", type=Path, default=None,
                         help="folder for generated files and sandboxes (default: a new folder in /tmp)")
     parser.add_argument("--keep-data", action="store_true",
@@ -186,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     context = Context(quick=not args.full, data=data)
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
     load_at_start = load_average()
+    source = source_state()
     print(f"{command.strip()}: {'quick' if context.quick else 'full'} mode, data in {data}, "
           f"{machine_summary()}, load average {load_at_start}", flush=True)
     started = time.monotonic()
@@ -210,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         print(result.line())
     if args.record:
-        record(results, "quick" if context.quick else "full", command.strip(), elapsed, load)
+        record(results, "quick" if context.quick else "full", command.strip(), elapsed, load, source)
     return 0
 
 

@@ -7,9 +7,9 @@ CA, data on disk), in interleaved rounds:
   into containers provisioned by the sandbox's ``ProvisionMigrationContainers``. It uses the
   pipeline's defaults: 4 blocks in flight for a large file, 32 uploads in flight for small
   ones. The clock runs from the start of the walk to the last upload;
-* the bare SDK: ``azure.storage.blob.aio`` with the account key, the plain file with
-  ``upload_blob(max_concurrency=8)``, or every small file with ``upload_blob`` and 32 in flight;
-  the clock covers the upload calls;
+* the bare SDK: ``azure.storage.blob.aio`` with the account key. It uploads the plain file with
+  ``upload_blob(max_concurrency=8)``, or every small file with ``upload_blob`` and 32 in
+  flight. The clock covers the upload calls;
 * ``rclone copy`` (Debian's rclone 1.60) through an account SAS URL; the clock covers the whole
   process, so it includes rclone's start-up and listings (about 0.1-0.3 s).
 
@@ -22,7 +22,6 @@ import asyncio
 import os
 import ssl
 import shutil
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -70,7 +69,8 @@ RCLONE_SMALL_TRANSFERS = 32
 class UploadBench:
     """The sandbox, the clients and the data shared by the upload measurements."""
 
-    def __init__(self, sandbox: Sandbox, large_dir: Path | None, small_dir: Path, rclone: Rclone | None) -> None:
+    def __init__(self, sandbox: Sandbox, large_dir: Path | None, small_dir: Path,
+                 rclone: Rclone | None) -> None:
         from azure.storage.blob.aio import BlobServiceClient
 
         from spmt_tui.sandbox.context import AZURITE_ACCOUNT, AZURITE_KEY
@@ -296,7 +296,8 @@ async def _small(bench: UploadBench, rounds: int, rclone_missing: str) -> list[R
         return bench.small_count / await bench.sdk_small(sdk_name)
 
     async def rclone(_round: int) -> float:
-        seconds = await bench.rclone_copy(bench.small_dir, rclone_name, "--transfers", str(RCLONE_SMALL_TRANSFERS))
+        seconds = await bench.rclone_copy(bench.small_dir, rclone_name,
+                                          "--transfers", str(RCLONE_SMALL_TRANSFERS))
         return bench.small_count / seconds
 
     configs = {ours_name: ours, sdk_name: sdk}
@@ -309,7 +310,8 @@ async def _small(bench: UploadBench, rounds: int, rclone_missing: str) -> list[R
     ratios = per_round_ratios(rates[ours_name], rates[sdk_name])
     info(f"client / SDK per round: {spread(ratios, '{:.2f}')}")
     results = [Result("upload_small", ">=", 0.9, median(ratios),
-                      details={"ours_files_s": median(rates[ours_name]), "sdk_files_s": median(rates[sdk_name])})]
+                      details={"ours_files_s": median(rates[ours_name]),
+                               "sdk_files_s": median(rates[sdk_name])})]
     if bench.rclone is None:
         results.append(Result("upload_small_rclone", ">=", 1.8, skipped=rclone_missing))
     else:

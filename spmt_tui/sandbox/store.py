@@ -105,6 +105,8 @@ CREATE TABLE IF NOT EXISTS item_ids (
     PRIMARY KEY (list_id, int_id)
 );
 CREATE INDEX IF NOT EXISTS item_ids_list_nocase ON item_ids(lower(list_id), int_id);
+-- Re-importing an object frees its old IntId by object id; unindexed, that scanned the table.
+CREATE INDEX IF NOT EXISTS item_ids_object ON item_ids(object_id);
 """
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"

@@ -217,3 +217,7 @@ async def test_resume_from_sessions(sandbox: Any, tui_env: Settings, tmp_path: P
         assert run.session_id == session_id
         assert run.result.status == "completed"
         assert run.result.counts["migrated"] == 300 + 2
+        # Leaving while the Report screen is still being mounted trips a Textual race (its
+        # Header's title watcher runs after the header's children are gone).
+        await wait_until(pilot, lambda: isinstance(second.screen, ReportScreen), what="the Report screen")
+        await pilot.pause(0.5)

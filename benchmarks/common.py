@@ -15,7 +15,6 @@ import os
 import select
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
+from spmt_tui.sandbox.azurite import free_port_block
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -261,27 +261,6 @@ def cached_tree(path: Path, folders: int, files_per_folder: int, size: int, **kw
 
 
 # -- the sandbox tenant ------------------------------------------------------------------------
-
-
-def free_port_block(count: int = 3) -> int:
-    """Return a port P such that P .. P+count-1 are free on 127.0.0.1."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count > 65535:
-            continue
-        free = True
-        for port in range(base, base + count):
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    free = False
-                    break
-        if free:
-            return base
-    raise RuntimeError("no block of free ports found on 127.0.0.1")
 
 
 @dataclass

@@ -3,45 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
+from spmt_tui.sandbox.azurite import free_port_block
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 XSD_DIR = SHARED / "reference" / "xsd"
 CASES = SHARED / "cases"
-
-
-def free_port_block(count: int = 3) -> int:
-    """Return a port P such that P .. P+count-1 are all free on 127.0.0.1."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count > 65535:
-            continue
-        ok = True
-        for port in range(base, base + count):
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free block of ports on 127.0.0.1")
 
 
 XSD_FOR_FILE = {

@@ -18,7 +18,7 @@ from spmt_tui.engine.settings import Settings
 from spmt_tui.profile import load_profile
 from spmt_tui.sandbox.export import export_library
 
-FAULTS = "429=0.1,503=0.05,drop=0.03,slow=0.02,fatal=0.3,postpone=0.2,lost_queue=0.3,sas_expired=0.2"
+FAULTS = "429=0.1,503=0.05,drop=0.03,slow=0.02,fatal=0.3,postpone=0.2,lost_queue=0.3,sas_expired=0.05"
 
 
 @pytest.fixture

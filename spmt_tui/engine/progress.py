@@ -1,4 +1,4 @@
-"""What the engine tells its front ends: counters, rates, and item events.
+"""Progress reporting from the engine to its front ends: counters, rates, and item events.
 
 Two channels, as rclone's accounting does: continuous numbers that a front end reads with
 ``Stats.snapshot()`` at its own pace (thread-safe, a copy), and discrete events pushed to an

@@ -33,7 +33,7 @@ class AzuriteError(RuntimeError):
 
 
 def find_azurite_bin() -> Path:
-    """Return the folder that holds ``azurite-blob`` and ``azurite-queue``."""
+    """Return the folder that contains ``azurite-blob`` and ``azurite-queue``."""
     candidates: list[Path] = []
     env = os.environ.get("SPMT_TUI_AZURITE_BIN")
     if env:
@@ -60,6 +60,17 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
+
+
+def free_port_block(count: int = 3, host: str = "127.0.0.1") -> int:
+    """Return a port P such that P .. P+count-1 are all free on ``host`` (for a sandbox and its Azurite)."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            base = probe.getsockname()[1]
+        if base + count <= 65535 and all(port_is_free(port, host) for port in range(base, base + count)):
+            return base
+    raise AzuriteError(f"no block of {count} free ports found on {host}")
 
 
 async def wait_for_port(port: int, timeout: float, host: str = "127.0.0.1") -> None:

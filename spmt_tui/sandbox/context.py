@@ -63,7 +63,7 @@ class TenantSettings:
 
 @dataclass
 class RequestContext:
-    """What a REST handler knows about the call: the tenant, the site and the caller."""
+    """Context of one REST call: the tenant, the site and the caller."""
 
     tenant: Any  # spmt_tui.sandbox.server.Tenant (kept loose to avoid an import cycle)
     site: "Site"

@@ -463,11 +463,7 @@ class UsernamePasswordProvider(_UserProvider):
         self.username = username
         self._password = password
         self._name = username
-        logger.warning(
-            "username and password sign-in for %s is a legacy flow: tenants that require "
-            "multi-factor authentication reject it; prefer device code or certificate sign-in",
-            username,
-        )
+        self._warned = False
 
     def _password_value(self) -> str | None:
         if callable(self._password):
@@ -478,11 +474,19 @@ class UsernamePasswordProvider(_UserProvider):
         password = self._password_value()
         if not password:
             raise SignInRequired(f"the password of {self.username} is needed to sign in again")
+        if not self._warned:
+            # Said when the password is used, not when a saved account is only read (whoami).
+            self._warned = True
+            logger.warning(
+                "username and password sign-in for %s is a legacy flow: tenants that require "
+                "multi-factor authentication reject it; prefer device code or certificate sign-in",
+                self.username,
+            )
         app = self._app()
         if not self.settings.is_microsoft_authority:
             _skip_user_realm_discovery(self.settings.authority)
         with warnings.catch_warnings():
-            # MSAL 1.39 marks this flow deprecated, and the warning logged at construction covers it.
+            # MSAL 1.39 marks this flow deprecated, and the warning logged above covers it.
             warnings.simplefilter("ignore", DeprecationWarning)
             result = self._call(
                 app.acquire_token_by_username_password, self.username, password, scopes=self.settings.scopes

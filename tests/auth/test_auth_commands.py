@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import io
 import json
 from pathlib import Path
@@ -116,7 +117,8 @@ async def test_login_without_secure_store(
 
 
 async def test_password_login_from_env(
-    sandbox: Sandbox, profile_path: Path, config_dir: Path, monkeypatch: pytest.MonkeyPatch
+    sandbox: Sandbox, profile_path: Path, config_dir: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setenv("SANDBOX_PASSWORD", sandbox.user.password)
     options = LoginOptions(method="password", profile=profile_path, username=sandbox.user.username,
@@ -124,6 +126,14 @@ async def test_password_login_from_env(
     result = await commands.login(options)
     assert result.principal == sandbox.user.username
     assert sandbox.user.password not in (config_dir / "accounts.json").read_text()
+
+    # whoami reads the saved account and its cached token: no legacy-flow warning then.
+    assert "multi-factor" in caplog.text  # from the login
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="spmt.auth"):
+        info = await commands.whoami(AccountOptions())
+    assert info.principal == sandbox.user.username
+    assert "multi-factor" not in caplog.text
 
 
 def test_cli_arguments_parse_into_options(tmp_path: Path) -> None:

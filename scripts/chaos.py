@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import random
 import shutil
 import signal
@@ -65,8 +64,10 @@ def run(args: argparse.Namespace) -> int:
     kills = 0
     started = time.monotonic()
     try:
-        command = [sys.executable, "-m", "spmt_tui", "migrate", str(source), *common, "--folder", "chaos",
+        migrate = [sys.executable, "-m", "spmt_tui", "migrate", str(source), *common, "--folder", "chaos",
                    "--package-max-files", "25"]
+        resume = [sys.executable, "-m", "spmt_tui", "resume", *common]
+        command = migrate
         while True:
             process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        text=True)
@@ -79,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
                     process.wait()
                     kills += 1
                     print(f"kill {kills} after {delay:.1f} s", flush=True)
-                    command = [sys.executable, "-m", "spmt_tui", "resume", *common]
+                    # A kill during start-up can come before the session exists: start it again.
+                    started_session = any((work / "sessions").glob("*/session.db"))
+                    command = resume if started_session else migrate
                     continue
             out, err = process.communicate(timeout=args.timeout)
             if process.returncode == 0 and out.startswith("completed"):
@@ -87,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"run ended with {process.returncode}: {out.strip()} {err.strip()[-500:]}", flush=True)
             if process.returncode not in (0, 1):
                 return 1
-            command = [sys.executable, "-m", "spmt_tui", "resume", *common]
+            command = resume
         print(f"finished after {kills} kills in {time.monotonic() - started:.0f} s", flush=True)
         return verify(base, sandbox, work, expected)
     finally:

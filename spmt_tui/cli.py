@@ -31,7 +31,10 @@ def _add_sandbox(commands: argparse._SubParsersAction) -> None:
                          "(default: %(default)s)")
     sandbox.add_argument("--faults", default="",
                          help=f"comma-separated kind=rate pairs, rate from 0 to 1, e.g. "
-                         f"429=0.1,503=0.05,drop=0.02. Kinds: {kinds}")
+                         f"429=0.1,503=0.05,drop=0.02. Kinds: {kinds}. A storage_* kind starts "
+                         "a proxy in front of Azurite that the handed-out SAS URIs name, and only "
+                         "requests signed with a SAS (the client's) are faulted; give a rate of 0 "
+                         "to start it without faults")
     sandbox.add_argument("--fault-seed", type=int, default=None,
                          help="seed of the fault schedule's random numbers, for repeatable runs")
     sandbox.add_argument("--azurite-url", default=None,

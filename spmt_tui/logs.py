@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 
 # Each pattern keeps its first group and replaces the secret after it.
@@ -31,6 +33,35 @@ class RedactingFormatter(logging.Formatter):
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+_FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class _FileHandler(logging.FileHandler):
+    """A FileHandler that skips records while its disk is full.
+
+    logging's default prints a traceback to stderr for every record it cannot write, which would
+    flood the terminal (and draw over the TUI) while the engine waits for disk space.
+    """
+
+    full_disk_errors = 0
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError) and error.errno in _FULL_DISK_ERRNOS:
+            self.full_disk_errors += 1
+            return
+        super().handleError(record)
+
+    def close(self) -> None:
+        # Closing flushes what is still buffered, and on a full disk those lines are lost.
+        try:
+            super().close()
+        except OSError as error:
+            if error.errno not in _FULL_DISK_ERRNOS:
+                raise
+            self.full_disk_errors += 1
+
+
 def configure_logging(
     *, level: int = logging.INFO, log_file: Path | None = None, stderr: bool = True
 ) -> None:
@@ -48,7 +79,7 @@ def configure_logging(
         log_file.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.close(fd)
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        handlers.append(_FileHandler(log_file, encoding="utf-8"))
     for handler in handlers:
         handler.setFormatter(formatter)
         handler._spmt = True  # type: ignore[attr-defined]

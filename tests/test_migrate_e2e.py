@@ -107,6 +107,7 @@ def check_migration(source: Path, work: Path, exported: Path) -> dict[str, int]:
     return counts
 
 
+# CASE-21: one ItemReport row per item, exit status 1 with rule failures (also CASE-03, CASE-06, CASE-09)
 def test_sample_tree_arrives_intact(sandbox: Sandbox, tmp_path: Path) -> None:
     source = tmp_path / "share"
     files = {

@@ -42,6 +42,7 @@ def _cli(*args: str, **kwargs: object) -> list[str]:
     return [sys.executable, "-m", "spmt_tui", *args]
 
 
+# CASE-14: kill -9 after jobs were submitted, then resume
 @pytest.mark.parametrize("kill_when", ["submitted", "migrated"])
 def test_kill_and_resume(slow_import_sandbox: Sandbox, tmp_path: Path, kill_when: str) -> None:
     source = tmp_path / "share"

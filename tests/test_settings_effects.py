@@ -74,6 +74,7 @@ async def test_start_without_wait_migrates_in_one_run(sandbox: Sandbox, tmp_path
     assert sorted(arrived(sandbox, tmp_path / "out", folder)) == ["a.txt"]
 
 
+# CASE-20: include-hidden off and on, globally and per task
 async def test_include_hidden(sandbox: Sandbox, tmp_path: Path) -> None:
     source = write_tree(tmp_path / "share", {"plain.txt": "p", ".hidden.txt": "h", ".dir/inner.txt": "i"})
     global_off, task_on = unique("hidden-off"), unique("hidden-on")
@@ -130,6 +131,7 @@ async def test_skip_extensions_last_only(sandbox: Sandbox, tmp_path: Path) -> No
     assert rows["folder.tmp"]["Status"] == "Migrated"
 
 
+# CASE-03: replace invalid characters on and off; renamed files keep their destination in the next round
 async def test_replace_invalid_char_and_next_round(sandbox: Sandbox, tmp_path: Path) -> None:
     source = write_tree(tmp_path / "share", {"a?b.txt": "renamed", "a_b.txt": "original", "c:d.txt": "c",
                                              "dir*/x.txt": "x"}, mtime=utc("2024-03-01T00:00:00+00:00"))
@@ -159,6 +161,7 @@ async def test_replace_invalid_char_and_next_round(sandbox: Sandbox, tmp_path: P
     assert final == {**first, "c_d.txt": b"changed"}
 
 
+# CASE-19: unchanged files are skipped in round 2; incremental off copies again
 async def test_incremental(sandbox: Sandbox, tmp_path: Path) -> None:
     source = write_tree(tmp_path / "share", {"a.txt": "a", "sub/b.txt": "b"})
     on, off = unique("incr-on"), unique("incr-off")
@@ -176,6 +179,7 @@ async def test_incremental(sandbox: Sandbox, tmp_path: Path) -> None:
     assert sorted(arrived(sandbox, tmp_path / "out", off)) == ["a.txt", "sub/b.txt"]
 
 
+# CASE-19: auto rerun takes files added during round 1
 async def test_auto_rerun_catches_late_files(sandbox: Sandbox, tmp_path: Path) -> None:
     results: dict[int, dict[str, bytes]] = {}
     for rounds in (1, 2):

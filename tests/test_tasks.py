@@ -155,6 +155,7 @@ def test_json_tasks_and_settings(shares: Path) -> None:
         "replace_invalid_char": "-",
         "user_mapping_file": shares / "map.csv",
         "default_user": "ops@contoso.example",
+        "preserve_permissions": False,
     }
     assert tasks[1].settings == {}
 
@@ -167,7 +168,7 @@ def test_json_errors_name_line_and_column(shares: Path) -> None:
     {"SourcePath": "missing", "TargetPath": 5, "TargetList": "Documents"},
     {"SourcePath": "alpha", "TargetPath": "https://contoso.example/sites/x"},
     {"SourcePath": "beta", "TargetPath": "https://contoso.example/sites/x", "TargetList": "Documents",
-     "Settings": {"MigrateHiddenItems": "sometimes", "PreservePermission": true,
+     "Settings": {"MigrateHiddenItems": "sometimes", "PreservePermission": "maybe",
                   "MigrateItemsCreatedAfter": "01/02/2019", "ReplacementOfInvalidChar": "?",
                   "ScanOnly": true, "FilterOutPathSpecialCharacters": false}},
     {"SourcePath": "beta", "TargetPath": "https://contoso.example/sites/x", "TargetList": "Documents",

@@ -86,6 +86,7 @@ def _read_back(env: Env, uri: str, blob_name: str, key: bytes) -> tuple[bytes, d
     return decrypt_blob(key, iv, cipher), dict(props.metadata)
 
 
+# CASE-09, CASE-10: 0 bytes and block boundaries round-trip through Azurite
 @pytest.mark.parametrize("size", SIZES)
 async def test_block_boundaries_round_trip(env: Env, tmp_path: Path, size: int) -> None:
     data = os.urandom(size)
@@ -105,6 +106,7 @@ async def test_block_boundaries_round_trip(env: Env, tmp_path: Path, size: int) 
     assert result.checksum_base64 == QuickXorHash(data).base64digest()
 
 
+# CASE-22: a fresh IV per blob
 async def test_each_blob_gets_its_own_iv(env: Env, tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_bytes(b"same bytes")
     (tmp_path / "b.txt").write_bytes(b"same bytes")
@@ -131,6 +133,7 @@ class ChangingSource(FileShareSource):
         return before
 
 
+# CASE-15: a file that changes while it is read is detected
 async def test_file_changed_while_read_is_detected(env: Env, tmp_path: Path) -> None:
     (tmp_path / "growing.log").write_bytes(b"x" * 1000)
     source = ChangingSource(tmp_path)
@@ -144,6 +147,7 @@ async def test_file_changed_while_read_is_detected(env: Env, tmp_path: Path) -> 
         await container.close()
 
 
+# CASE-15: a file deleted after the scan is reported
 async def test_file_gone_before_upload_is_reported(env: Env, tmp_path: Path) -> None:
     (tmp_path / "gone.txt").write_bytes(b"soon deleted")
     source = FileShareSource(tmp_path)
@@ -158,6 +162,7 @@ async def test_file_gone_before_upload_is_reported(env: Env, tmp_path: Path) -> 
         await container.close()
 
 
+# CASE-11: block size grows so 250 GB fits Azure's block limit
 def test_block_size_fits_azure_block_limit() -> None:
     assert block_size_for(10 * 2**20) == BLOCK_SIZE
     size = 250 * 10**9 + 16

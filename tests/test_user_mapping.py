@@ -97,6 +97,7 @@ def test_mapping_file_rows(tmp_path: Path) -> None:
     assert [row.target for row in mapping.user_rows()] == ["jane.doe@contoso.com", "ab@contoso.com"]
 
 
+# CASE-18: a malformed mapping file is rejected naming the line
 def test_mapping_file_errors_name_lines(tmp_path: Path) -> None:
     path = write_mapping(tmp_path / "map.csv", [
         "Source,Target,IsGroup",
@@ -144,6 +145,7 @@ def test_owner_matching(tmp_path: Path) -> None:
     assert mapping.find("nobody") == (None, "not in the user mapping file")
 
 
+# CASE-18: rejected before any upload
 def test_cli_rejects_bad_mapping_file(sandbox: Sandbox, tmp_path: Path) -> None:
     mapping = write_mapping(tmp_path / "map.csv", ["root,jane.doe@sandbox.example,FALSE", "bob,bob,FALSE"])
     source = write_tree(tmp_path / "share", {"a.txt": "a"})
@@ -159,6 +161,7 @@ def test_cli_rejects_bad_mapping_file(sandbox: Sandbox, tmp_path: Path) -> None:
 # -- end to end ---------------------------------------------------------------------------------
 
 
+# CASE-18: mapped, unmapped and group owners; UserNotMapped lists each once
 @needs_root
 async def test_mapped_owners_are_author_and_editor(sandbox: Sandbox, tmp_path: Path) -> None:
     first_uid, second_uid = other_users()
@@ -215,6 +218,7 @@ async def test_mapped_owners_are_author_and_editor(sandbox: Sandbox, tmp_path: P
     assert used == {jane, john, member}
 
 
+# CASE-18: fallback to the migration account
 @needs_root
 async def test_unmapped_owner_gets_signed_in_user(sandbox: Sandbox, tmp_path: Path) -> None:
     source = write_tree(tmp_path / "share", {"mine.txt": "r", "theirs.txt": "u"})

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import requests
 
 from spmt_tui import __version__
+from spmt_tui.proxy import proxy_for_url
 
 logger = logging.getLogger("spmt.auth")
 
@@ -40,10 +41,11 @@ class AuthHttpClient:
     """``requests``-based HTTP client for MSAL's ``http_client=`` parameter.
 
     Every request carries ``User-Agent: NONISV|spmt-tui|spmt-tui/<version>`` and
-    ``verify=<ca_bundle>`` (or ``verify=True`` without a bundle). Requests to other hosts go
-    through a session that reads the environment, so ``HTTPS_PROXY`` and ``NO_PROXY`` apply.
-    Requests to a loopback host (the sandbox tenant) use a second session that ignores the
-    environment, so a proxy variable never sends sandbox traffic to another machine.
+    ``verify=<ca_bundle>`` (or ``verify=True`` without a bundle). Requests go through a session
+    that reads the environment, so ``HTTPS_PROXY`` and ``NO_PROXY`` apply, except requests to a
+    loopback host (the sandbox tenant) when the proxy is on another machine: those use a second
+    session that ignores the environment, so sandbox traffic never leaves this machine. The
+    rule is ``spmt_tui.proxy.proxy_for_url``, which REST and storage requests follow too.
     """
 
     def __init__(
@@ -72,7 +74,8 @@ class AuthHttpClient:
         kwargs.setdefault("timeout", self.timeout)
         # A caller's own verify= would bypass the profile's CA bundle, so it is replaced.
         kwargs["verify"] = self.verify
-        session = self._loopback_session if is_loopback_url(url) else self._session
+        direct = is_loopback_url(url) and proxy_for_url(url) is None
+        session = self._loopback_session if direct else self._session
         response = session.request(method, url, headers=headers, **kwargs)
         logger.debug("%s %s -> %d", method, urlsplit(url)._replace(query="").geturl(),
                      response.status_code)

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import msal
 import requests
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from spmt_tui.auth.cache import TokenCacheStore

@@ -37,14 +37,29 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     _add_common(migrate)
     migrate.set_defaults(handler=run_migrate)
 
-    sessions = commands.add_parser("sessions", help="list migration sessions with their state")
+    sessions = commands.add_parser(
+        "sessions", help="list migration sessions with their state",
+        description="List the sessions in the working folder. With --tenant-profile (and the sign-in "
+        "options), also list the sessions mirrored in the tenant that this working folder does not "
+        "have, marked remote with the machine that ran them last.")
     sessions.add_argument("--working-folder", type=Path, default=None,
                           help="folder that contains the sessions (default: the per-user data folder)")
+    _add_common(sessions)
     sessions.set_defaults(handler=run_sessions)
 
-    resume = commands.add_parser("resume", help="resume an interrupted session")
+    resume = commands.add_parser(
+        "resume", help="resume an interrupted session",
+        description="Resume a session of the working folder. A session that only the tenant's mirror "
+        "has (it ran on another machine) is rebuilt here when --tenant-profile is given: its "
+        "submitted jobs are followed to their end, then an incremental round migrates what is missing.")
     resume.add_argument("session", nargs="?",
                         help="session id (default: the most recent interrupted session)")
+    resume.add_argument("--source-map", action="append", metavar="OLD=NEW",
+                        help="for a session rebuilt from the tenant: read sources under the absolute "
+                        "path OLD from NEW on this machine (repeatable)")
+    resume.add_argument("--take-over", action="store_true",
+                        help="rebuild a mirrored session even though its mirror item reports it running "
+                        "on another machine (use when that machine is down)")
     _add_common(resume)
     resume.set_defaults(handler=run_resume)
 
@@ -70,6 +85,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         "encrypted with SPMT_TUI_CACHE_PASSPHRASE, else memory only), keyring, "
                         "encrypted-file, plaintext-file (unencrypted) or memory (default: auto)")
     parser.add_argument("--config", type=Path, help="TOML file with default settings")
+    parser.add_argument("--remember-custom-azure-key", action="store_true",
+                        help="save the access key of the custom Azure storage account in the OS "
+                        "keyring (or the file encrypted with SPMT_TUI_CACHE_PASSPHRASE) for later "
+                        "runs; without it a key typed at the prompt is kept for this run only")
     if not any(a.dest == "working_folder" for a in parser._actions):
         parser.add_argument("--working-folder", type=Path, default=None,
                             help="folder for sessions, logs and reports")
@@ -191,7 +210,10 @@ class _Printer:
         rate = snap.rate_bytes / 2**20
         eta = f" eta {snap.eta_seconds:.0f}s" if snap.eta_seconds else ""
         throttled = f" throttled {snap.throttled}" if snap.throttled else ""
-        return (f"[{snap.phase}] scanned {c['scanned']} packaged {c['packaged']} uploaded "
+        # The message of a waiting phase (source gone, disk full) tells the user what to do, so it
+        # comes first, where a terminal-wide line does not cut it off.
+        waiting = f" {snap.message} |" if snap.phase.startswith("waiting") and snap.message else ""
+        return (f"[{snap.phase}]{waiting} scanned {c['scanned']} packaged {c['packaged']} uploaded "
                 f"{c['uploaded']} submitted {c['submitted']} migrated {c['migrated']} skipped "
                 f"{c['skipped']} failed {c['failed']} | {snap.bytes_uploaded / 2**20:.1f} MiB "
                 f"{rate:.1f} MiB/s jobs {snap.jobs_running}{throttled}{eta}")
@@ -228,6 +250,35 @@ async def _run_with_progress(migration: Any) -> Any:
         printer.print()
         if printer.tty:
             sys.stderr.write("\n")
+
+
+def _resolve_storage_keys(settings: Settings, tasks: list[Any], *, remember: bool) -> None:
+    """Find the access key of every custom storage account the tasks use, asking on a terminal.
+
+    Keys stay in this process's memory (and in the keyring with ``remember``); they are never
+    written to the session, a config file or a log.
+    """
+    import getpass
+
+    from spmt_tui.engine.custom_storage import (
+        MissingAccessKey,
+        accounts_needing_keys,
+        find_key,
+        remember_key,
+        save_key,
+    )
+
+    for account in accounts_needing_keys(settings, [task.settings for task in tasks]):
+        found = find_key(account)
+        if found is None:
+            if not sys.stdin.isatty():
+                raise MissingAccessKey(account)
+            remember_key(account, getpass.getpass(
+                f"Access key of storage account {account} (input hidden): "))
+            found = find_key(account)
+        if remember and found is not None:
+            where = save_key(account, found[0])
+            print(f"saved the access key of storage account {account} in {where}", file=sys.stderr)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -273,6 +324,9 @@ def run_migrate(args: argparse.Namespace) -> int:
                                     "https://contoso.sharepoint.com/sites/finance")
             tasks = [MigrationTask(os.path.abspath(args.source), site, args.library, args.folder)]
         _check_working_folder(settings.working_folder)
+        for task in tasks:
+            settings.with_overrides(task.settings)
+        _resolve_storage_keys(settings, tasks, remember=args.remember_custom_azure_key)
         credentials = make_credentials(args, args.tenant_profile)
         migration = Migration(tasks, settings, profile, credentials)
         migration.sign_in_method = _sign_in_record(args, args.tenant_profile)
@@ -293,14 +347,48 @@ def run_sessions(args: argparse.Namespace) -> int:
 
     folder = args.working_folder or Settings().working_folder
     sessions = list_sessions(folder)
-    if not sessions:
-        print(f"no sessions in {folder}")
+    remote = []
+    if args.tenant_profile or args.auth:
+        try:
+            remote = _tenant_sessions(args)
+        except _tenant_errors() as error:
+            print(f"spmt-tui sessions: {error}", file=sys.stderr)
+            return 2
+        local = {info.id for info in sessions}
+        remote = [session for session in remote if session.id not in local]
+    if not sessions and not remote:
+        print(f"no sessions in {folder}" + (" nor in the tenant's mirror" if args.tenant_profile else ""))
         return 0
     for info in sessions:
         counts = info.counts
         print(f"{info.id}  {info.status:<12} {info.created:%Y-%m-%d %H:%M}  migrated "
               f"{counts.get('migrated', 0)} failed {counts.get('failed', 0)}  {'; '.join(info.tasks)}")
+    for session in remote:
+        counts = session.counts
+        when = f"{session.updated.astimezone():%Y-%m-%d %H:%M}" if session.updated else "?"
+        print(f"{session.id}  {session.state:<12} {when}  migrated {counts.get('migrated', 0)} failed "
+              f"{counts.get('failed', 0)}  {'; '.join(session.tasks)}  (remote, on {session.host})")
     return 0
+
+
+def _tenant_sessions(args: argparse.Namespace, session_id: str | None = None) -> list[Any]:
+    """Sign in with the arguments' sign-in options and return the sessions mirrored in the tenant."""
+    from spmt_tui.engine.mirror import fetch_sessions
+    from spmt_tui.profile import load_profile
+
+    if args.tenant_profile is None:
+        raise SettingsError("reading the sessions mirrored in the tenant needs --tenant-profile")
+    profile = load_profile(args.tenant_profile)
+    credentials = make_credentials(args, args.tenant_profile)
+    return asyncio.run(fetch_sessions(profile, credentials, session_id))
+
+
+def _tenant_errors() -> tuple[type[Exception], ...]:
+    from spmt_tui.auth.tokens import AuthError, SignInRequired
+    from spmt_tui.engine.mirror import MirrorError
+    from spmt_tui.profile import ProfileError
+
+    return (SettingsError, ProfileError, MirrorError, AuthError, SignInRequired)
 
 
 def run_resume(args: argparse.Namespace) -> int:
@@ -315,13 +403,18 @@ def run_resume(args: argparse.Namespace) -> int:
     if args.session:
         chosen = next((s for s in sessions if s.id == args.session), None)
         if chosen is None:
-            print(f"spmt-tui resume: session {args.session} not found in {settings.working_folder}",
+            if args.tenant_profile:
+                return _resume_from_tenant(args, settings, args.session)
+            print(f"spmt-tui resume: session {args.session} not found in {settings.working_folder}; "
+                  "to resume it from the tenant's mirror, add --tenant-profile and the sign-in options",
                   file=sys.stderr)
             return 2
     else:
         candidates = [s for s in sessions if s.status in ("interrupted", "paused", "failed", "cancelled",
                                                           "stopped_after_scan")]
         if not candidates:
+            if args.tenant_profile:
+                return _resume_from_tenant(args, settings, None)
             print(f"spmt-tui resume: no interrupted session in {settings.working_folder}", file=sys.stderr)
             return 2
         chosen = candidates[0]
@@ -338,10 +431,58 @@ def run_resume(args: argparse.Namespace) -> int:
         return 2
     migration = Migration.open_session(chosen.id, settings, profile, credentials)
     migration.sign_in_method = _sign_in_record(args, profile_path)
+    try:
+        _resolve_storage_keys(migration.settings, migration.tasks, remember=args.remember_custom_azure_key)
+    except SettingsError as error:
+        print(f"spmt-tui resume: {error}", file=sys.stderr)
+        return 2
     print(f"resuming session {chosen.id}", file=sys.stderr)
+    return _run_resumed(migration)
+
+
+def _run_resumed(migration: Any) -> int:
     try:
         result = asyncio.run(_run_with_progress(migration))
     except KeyboardInterrupt:
         print(f"\ninterrupted; resume with: spmt-tui resume {migration.session_id}", file=sys.stderr)
         return 130
     return _report(result, migration)
+
+
+def _resume_from_tenant(args: argparse.Namespace, settings: Settings, session_id: str | None) -> int:
+    """Rebuild a session that only the tenant's mirror has, then resume it."""
+    from spmt_tui.engine.migration import Migration
+    from spmt_tui.engine.mirror import (
+        LIST_TITLE,
+        RESUMABLE_STATES,
+        MirrorError,
+        check_resumable,
+        parse_source_map,
+        rebuild_session,
+    )
+    from spmt_tui.profile import load_profile
+
+    try:
+        source_map = parse_source_map(args.source_map)
+        remote = _tenant_sessions(args, session_id)
+        if session_id is None:
+            remote = [session for session in remote if session.state in RESUMABLE_STATES]
+        if not remote:
+            subject = f"session {session_id}" if session_id else "an interrupted session"
+            raise MirrorError(f"{subject} was found neither in {settings.working_folder} nor in the list "
+                              f"{LIST_TITLE!r} of the tenant profile's site")
+        chosen = remote[0]
+        check_resumable(chosen, take_over=args.take_over)
+        _check_working_folder(settings.working_folder)
+        rebuild_session(chosen, settings.working_folder, args.tenant_profile, source_map)
+        profile = load_profile(args.tenant_profile)
+        credentials = make_credentials(args, args.tenant_profile)
+        migration = Migration.open_session(chosen.id, settings, profile, credentials)
+        migration.sign_in_method = _sign_in_record(args, args.tenant_profile)
+        _resolve_storage_keys(migration.settings, migration.tasks, remember=args.remember_custom_azure_key)
+    except _tenant_errors() as error:
+        print(f"spmt-tui resume: {error}", file=sys.stderr)
+        return 2
+    print(f"rebuilt session {chosen.id} from the tenant's mirror (last run on {chosen.host}); resuming",
+          file=sys.stderr)
+    return _run_resumed(migration)

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spmt_tui.engine.diskspace import WAITING_PHASE, DiskSpaceGuard, is_disk_full
+from spmt_tui.engine.mirror import SessionMirror, follow_adopted_jobs
 from spmt_tui.engine.preflight import PreflightError, check_source, resolve_target
 from spmt_tui.engine.progress import (
     EventSink,
@@ -146,7 +148,14 @@ class Migration:
         # How the session signs in, kept with it so a resume signs in the same way. Only the
         # method, user name and certificate path; never a password or passphrase.
         self.sign_in_method: dict[str, Any] = {}
+        # Keep an item about the session in a hidden list in the tenant (engine/mirror.py), so
+        # the same account can resume it from another machine.
+        self.mirror_enabled = True
+        self._mirror: SessionMirror | None = None
         self._sign_in_lock = asyncio.Lock()
+        self.disk = DiskSpaceGuard(Path(settings.working_folder), settings.min_free_space_mb * 2**20,
+                                   on_wait=self._disk_wait_started, on_resume=self._disk_wait_ended)
+        self._phase_before_disk_wait: tuple[str, str] = ("migrating", "")
 
     # -- control from any thread ------------------------------------------------------------------
 
@@ -169,11 +178,26 @@ class Migration:
             self._loop.call_soon_threadsafe(self._main_task.cancel)
 
     async def _gate(self) -> None:
-        """Wait here while the migration is paused."""
+        """Wait here while the migration is paused or the working folder has too little room."""
         while not self._running.is_set():
             assert self._resume_event is not None
             self._resume_event.clear()
             await self._resume_event.wait()
+        await self.disk.check()
+
+    def _disk_wait_started(self, message: str) -> None:
+        snapshot = self.stats.snapshot()
+        if snapshot.phase != WAITING_PHASE:
+            self._phase_before_disk_wait = (snapshot.phase, snapshot.message)
+        self.stats.set_phase(WAITING_PHASE, message)
+        self.sink(PhaseEvent(WAITING_PHASE, message))
+        self._emit_log("warning", message)
+
+    def _disk_wait_ended(self) -> None:
+        phase, message = self._phase_before_disk_wait
+        if self.stats.snapshot().phase == WAITING_PHASE:
+            self.stats.set_phase(phase, message)
+            self.sink(PhaseEvent(phase, message))
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -226,10 +250,12 @@ class Migration:
         self.session_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.session_dir, 0o700)
         configure_logging(log_file=self.log_path, stderr=self._log_to_stderr)
-        self.store = SessionStore.open(self.session_dir / "session.db")
-        self.store.start_session(self.session_id, self._settings_json(),
-                                 [vars(t) for t in self.tasks], profile=str(self.profile.source_path or ""))
+        self.store = await self.disk.retry(lambda: SessionStore.open(self.session_dir / "session.db"))
+        await self.disk.retry(lambda: self.store.start_session(
+            self.session_id, self._settings_json(), [vars(t) for t in self.tasks],
+            profile=str(self.profile.source_path or "")))
         log.info("session %s started: %s", self.session_id, "; ".join(t.describe() for t in self.tasks))
+        self._mirror = SessionMirror.start(self) if self.mirror_enabled else None
         status = "failed"
         message = ""
         try:
@@ -256,19 +282,51 @@ class Migration:
             if self.store is not None:
                 current = self.store.current_round()
                 counts = self.store.counts(round_number=current) if current else self.store.counts()
+            if self._mirror is not None:
+                await self._mirror.stop(status, message)
             if self.store is not None:
-                self.store.finish_session(status, message)
-                try:
-                    from spmt_tui.reports.csv_reports import write_reports
-
-                    write_reports(self.store, self.report_dir, device_name=DEVICE_NAME)
-                except Exception:  # noqa: BLE001
-                    log.exception("writing the reports failed")
-                self.store.close()
+                await self._finish_store(status, message)
             self.stats.set_phase(status, message)
             self.sink(PhaseEvent(status, message))
             log.info("session %s ended: %s %s", self.session_id, status, message)
         return MigrationResult(status, counts, self.report_dir, message)
+
+    async def _finish_store(self, status: str, message: str) -> None:
+        """Record the final status and write the reports, waiting for disk space when it runs out.
+
+        A cancelled or interrupted run does not wait: it records what it can and stops.
+        """
+        from spmt_tui.reports.csv_reports import write_reports
+
+        assert self.store is not None
+        store = self.store
+        may_wait = status not in ("cancelled", "interrupted")
+
+        async def attempt(call: Any, what: str) -> None:
+            try:
+                if may_wait:
+                    await self.disk.retry(call)
+                else:
+                    call()
+            except Exception as error:  # noqa: BLE001 - the session must still be closed
+                if is_disk_full(error):
+                    log.error("%s failed: the working folder %s is full", what, self.disk.folder)
+                else:
+                    log.exception("%s failed", what)
+
+        try:
+            snapshot = self.stats.snapshot()
+            if snapshot.throttled:
+                # Throttling is reported as a count in summary.json, never as an item failure.
+                await attempt(lambda: (store.add_counter("session", "throttled", snapshot.throttled),
+                                       store.add_counter("session", "throttled_seconds",
+                                                         round(snapshot.throttled_seconds))),
+                              "recording the throttling counts")
+            await attempt(lambda: store.finish_session(status, message), "recording the session status")
+            await attempt(lambda: write_reports(store, self.report_dir, device_name=DEVICE_NAME),
+                          "writing the reports")
+        finally:
+            store.close()
 
     async def _run_rounds(self) -> tuple[str, str]:
         assert self.store is not None
@@ -276,6 +334,7 @@ class Migration:
         transport = StorageTransport(self.profile.ca_bundle, limit=self.settings.upload_concurrency + 16)
         try:
             http = SharePointHttp(http_session, self._token, on_throttle=self.stats.throttle)
+            await follow_adopted_jobs(self, http)
             rounds = self.store.rounds()
             # An interrupted round is finished first; otherwise a run starts a new round.
             if rounds and rounds[-1]["finished"] is None:
@@ -286,18 +345,18 @@ class Migration:
             if not scan_first:
                 await self._resolve_authors(http)
             for round_number in range(first, first + self.settings.auto_rerun):
-                self.store.begin_round(round_number)
+                await self.disk.retry(lambda: self.store.begin_round(round_number))
                 for task_index, task in enumerate(self.tasks):
                     task_id = self.store.task_id(task_index)
                     await self._run_task(task_id, task, round_number, http, transport,
                                          scan_only=scan_first)
                 if scan_first:
-                    self.store.finish_round(round_number)
+                    await self.disk.retry(lambda: self.store.finish_round(round_number))
                     if self.settings.scan_only:
                         return "scan_only", "scan finished; nothing was uploaded"
                     return "stopped_after_scan", (
                         "scan finished; review the scan reports, then resume the session to migrate")
-                self.store.finish_round(round_number)
+                await self.disk.retry(lambda: self.store.finish_round(round_number))
                 counts = self.store.counts(round_number=round_number)
                 if round_number > first and counts.get("to_migrate", 0) == 0:
                     break
@@ -395,12 +454,17 @@ class Migration:
         app_only = getattr(self.credentials, "kind", "user") == "app"
         target = await resolve_target(client, task.library, task.folder, app_only=app_only)
         user = None if app_only else await client.current_user()
-        self.store.set_task_target(task_id, web_id=target.web.id, list_id=target.library.id)
-        self.store.set_task_status(task_id, "running")
-        source = FileShareSource(task.source, follow_symlinks=settings.follow_symlinks)
+        await self.disk.retry(lambda: self.store.set_task_target(
+            task_id, web_id=target.web.id, list_id=target.library.id))
+        await self.disk.retry(lambda: self.store.set_task_status(task_id, "running"))
+        # Permissions are read only when they can be mapped (preserve on and a mapping file).
+        source = FileShareSource(task.source, follow_symlinks=settings.follow_symlinks,
+                                 collect_permissions=settings.preserve_permissions
+                                 and settings.user_mapping_file is not None)
         authors = self._authors.get(self._author_key(task, settings))
         runner = TaskRunner(self, task_id, task, round_number, target, client, transport, source, user,
                             authors=authors)
         await runner.run(scan_only=scan_only)
         counts = self.store.counts(round_number=round_number, task_id=task_id)
-        self.store.set_task_status(task_id, "completed_with_failures" if counts.get("failed") else "completed")
+        final = "completed_with_failures" if counts.get("failed") else "completed"
+        await self.disk.retry(lambda: self.store.set_task_status(task_id, final))

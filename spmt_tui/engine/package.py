@@ -11,6 +11,12 @@ per file in the data container. The XML follows Microsoft's constrained deployme
 * ``ExportSettings.xml``, ``SystemData.xml``, ``UserGroup.xml``, ``RootObjectMap.xml``,
   ``Requirements.xml``, ``LookupListMap.xml``, ``ViewFormsList.xml``.
 
+Items with unique permissions add two objects at the end of the manifest: a
+``DeploymentRoles`` object with the role definitions used, and a ``DeploymentRoleAssignments``
+object with one ``RoleAssignment`` per item (``ObjectId`` is the list item GUID, ``ObjectType``
+2 for a list item) whose ``Assignment`` children name a role and a ``User`` of UserGroup.xml.
+ExportSettings.xml then says ``IncludeSecurity="All"``, else ``None``.
+
 URL conventions: ``SPObject/@Url`` is server-relative with a leading ``/``; ``File/@Url``,
 ``Folder/@Url`` and ``ListItem/@FileUrl`` are web-relative without one; ``ListItem/@DirName``
 is the parent folder's server-relative path without the leading ``/``. Dates are written as
@@ -104,6 +110,9 @@ FOLDER_CONTENT_TYPE_ID = "0x0120"
 SCHEMA_VERSION = {"Version": "15.0.0.0", "Build": "16.0.3111.1200", "DatabaseVersion": "11552",
                   "SiteVersion": "15"}
 CLAIM_PREFIX = "i:0#.f|membership|"
+# NOTE: Microsoft does not document RoleAssignment/@ObjectType; 2 (list item) and 1 (list) are
+# the values a third-party packager writes.
+LIST_ITEM_OBJECT_TYPE = "2"
 
 DEFAULT_MAX_FILES = 250
 DEFAULT_MAX_BYTES = 250 * 2**20
@@ -175,13 +184,32 @@ class PackageUser:
     is_site_admin: bool = False
     is_deleted: bool = False
     system_id: str | None = None  # base64 SID or other id; lets the service keep a deleted user
+    is_domain_group: bool = False  # a directory group, whose login is a group claim (c:0...)
 
     @property
     def claim(self) -> str:
-        """Login as the membership claim ``i:0#.f|membership|<upn>``."""
-        if self.login.startswith("i:0#.f|"):
+        """Login as a claim: a UPN becomes ``i:0#.f|membership|<upn>``, claims are kept."""
+        if self.login.startswith(("i:0#.f|", "c:0")):
             return self.login
         return CLAIM_PREFIX + self.login
+
+
+@dataclass(frozen=True)
+class PackageRole:
+    """A role definition that role assignments refer to, written to ``DeploymentRoles``."""
+
+    id: int
+    title: str
+    perm_mask: str  # 64-bit permission mask as decimal text
+    order: int
+
+
+@dataclass(frozen=True)
+class PackageRoleAssignment:
+    """One principal's role on an item; ``principal_id`` is a ``User/@Id`` of UserGroup.xml."""
+
+    principal_id: int
+    role_id: int
 
 
 @dataclass(frozen=True)
@@ -198,6 +226,8 @@ class PackageFolder:
     modified: datetime
     author_id: int
     editor_id: int
+    # None: the folder inherits its permissions; a tuple (maybe empty): unique permissions.
+    role_assignments: tuple[PackageRoleAssignment, ...] | None = None
 
     is_folder = True
 
@@ -226,6 +256,8 @@ class PackageFile:
     md5_base64: str  # MD5 of the encrypted blob
     checksum_base64: str | None = None  # QuickXorHash of the plaintext
     version: str = "1.0"
+    # None: the file inherits its permissions; a tuple (maybe empty): unique permissions.
+    role_assignments: tuple[PackageRoleAssignment, ...] | None = None
 
     is_folder = False
 
@@ -457,6 +489,44 @@ class _ManifestWriter:
         })
         ET.SubElement(list_item, "Fields")
 
+    def add_security(self, items: Sequence[PackageItem], roles: Sequence[PackageRole]) -> None:
+        """Add the DeploymentRoles and DeploymentRoleAssignments objects for unique scopes."""
+        list_id = self.ids["list"]
+        roles_object = self.add_spobject(
+            "DeploymentRoles", str(uuid.uuid5(uuid.NAMESPACE_URL, f"{list_id}|DeploymentRoles")),
+            self.ids["web"], self.web_url)
+        roles_element = ET.SubElement(roles_object, "Roles")
+        for role in roles:
+            ET.SubElement(roles_element, "Role", {
+                "RoleId": str(role.id),
+                "Title": role.title,
+                "PermMask": role.perm_mask,
+                "Hidden": "false",
+                "RoleOrder": str(role.order),
+            })
+        assignments_object = self.add_spobject(
+            "DeploymentRoleAssignments",
+            str(uuid.uuid5(uuid.NAMESPACE_URL, f"{list_id}|DeploymentRoleAssignments")),
+            self.ids["web"], self.web_url)
+        assignments_element = ET.SubElement(assignments_object, "RoleAssignments")
+        for item in items:
+            if item.role_assignments is None:
+                continue
+            scope = ET.SubElement(assignments_element, "RoleAssignment", {
+                "ScopeId": str(uuid.uuid5(item.item_id, "scope")),
+                "RoleDefWebId": self.ids["web"],
+                "RoleDefWebUrl": self.web_url,
+                "ObjectId": str(item.item_id),
+                "ObjectType": LIST_ITEM_OBJECT_TYPE,
+                "ObjectUrl": _join_url(self.list_url, item.path),
+                "AnonymousPermMask": "0",
+            })
+            for assignment in item.role_assignments:
+                ET.SubElement(scope, "Assignment", {
+                    "RoleId": str(assignment.role_id),
+                    "PrincipalId": str(assignment.principal_id),
+                })
+
 
 def target_url(web_url: str, web_relative: str) -> str:
     """Return the server-relative URL (leading "/") of a web-relative URL."""
@@ -468,14 +538,17 @@ def build_package(
     target: TargetIds,
     items: Sequence[PackageItem],
     users: Sequence[PackageUser],
+    roles: Sequence[PackageRole] = (),
 ) -> dict[str, bytes]:
     """Build the XML files of one package; returns ``{file name: UTF-8 bytes}``.
 
     ``items`` are written in the given order, which must put every folder before its
-    children. Raises PackageError for duplicate ids, IntIds, blob names or user logins, and for
-    authors that are not in ``users``.
+    children. ``roles`` defines every role that the items' role assignments use. Raises
+    PackageError for duplicate ids, IntIds, blob names or user logins, for authors and
+    principals that are not in ``users``, and for roles that are not in ``roles``.
     """
     _check_inputs(items, users)
+    _check_role_assignments(items, users, roles)
     manifest = _ManifestWriter(target)
     manifest.add_library()
     for item in items:
@@ -483,9 +556,12 @@ def build_package(
             manifest.add_folder(item)
         else:
             manifest.add_file(item)
+    has_security = any(item.role_assignments is not None for item in items)
+    if has_security:
+        manifest.add_security(items, roles)
     files = {
         MANIFEST_FILE: _serialize(manifest.root),
-        EXPORT_SETTINGS_FILE: _export_settings(target),
+        EXPORT_SETTINGS_FILE: _export_settings(target, include_security=has_security),
         SYSTEM_DATA_FILE: _system_data(target, manifest.web_url, object_count=len(manifest.root)),
         USER_GROUP_FILE: _user_group(users),
         ROOT_OBJECT_MAP_FILE: _root_object_map(target, manifest.web_url),
@@ -534,12 +610,29 @@ def _check_inputs(items: Sequence[PackageItem], users: Sequence[PackageUser]) ->
             blobs.add(key)
 
 
-def _export_settings(target: TargetIds) -> bytes:
+def _check_role_assignments(
+    items: Sequence[PackageItem], users: Sequence[PackageUser], roles: Sequence[PackageRole]
+) -> None:
+    user_ids = {user.id for user in users}
+    role_ids = {role.id for role in roles}
+    for item in items:
+        for assignment in item.role_assignments or ():
+            if assignment.principal_id not in user_ids:
+                raise PackageError(
+                    f"principal id {assignment.principal_id} of item {item.path!r} is not in the "
+                    "package users; add the user or group to UserGroup.xml")
+            if assignment.role_id not in role_ids:
+                raise PackageError(
+                    f"role id {assignment.role_id} of item {item.path!r} is not in the package "
+                    "roles; pass its role definition")
+
+
+def _export_settings(target: TargetIds, include_security: bool = False) -> bytes:
     root = ET.Element("ExportSettings", {
         "xmlns": NS_EXPORT_SETTINGS,
         "SiteUrl": target.site_url,
         "FileLocation": "",
-        "IncludeSecurity": "None",
+        "IncludeSecurity": "All" if include_security else "None",
         "SourceType": "FileShare",
         "IgnoreWebParts": "true",
     })
@@ -572,7 +665,7 @@ def _user_group(users: Sequence[PackageUser]) -> bytes:
             "Name": user.name,
             "Login": user.claim,
             "Email": user.email,
-            "IsDomainGroup": "false",
+            "IsDomainGroup": _bool(user.is_domain_group),
             "IsSiteAdmin": _bool(user.is_site_admin),
             "IsDeleted": _bool(user.is_deleted),
             "Flags": "0",
@@ -635,7 +728,9 @@ def validate_package(files: dict[str, bytes], known_ids: Iterable[str] = ()) -> 
       ``known_ids`` (ids of folders created by earlier packages);
     * GUIDs, IntIds and ``FileValue`` names are unique;
     * users are unique by login, and every Author/ModifiedBy is a listed user or the system
-      account.
+      account;
+    * every role ``Assignment`` names a ``Role`` of the package and a listed user, and its
+      ``RoleAssignment`` names an object of the package or the target.
     """
     for name in REQUIRED_FILES:
         if name not in files:
@@ -767,6 +862,34 @@ def _validate_manifests(
                 f"{where}: {attribute}={value!r} refers to an object that is neither in the package "
                 "nor a target id; package the parent folder first or pass its id as known"
             )
+    _validate_role_assignments(manifests, user_ids, all_known)
+
+
+def _validate_role_assignments(
+    manifests: list[tuple[str, ET.Element]], user_ids: set[str], known: set[str]
+) -> None:
+    """Check that every Assignment names a package role and user, and its item is known."""
+    ns = f"{{{NS_MANIFEST}}}"
+    role_ids = {
+        role.get("RoleId", "")
+        for _, root in manifests for role in root.iter(ns + "Role")
+    }
+    for manifest_name, root in manifests:
+        for scope in root.iter(ns + "RoleAssignment"):
+            where = f"{manifest_name}: RoleAssignment ObjectId={scope.get('ObjectId')!r}"
+            for attribute in ("ScopeId", "ObjectId"):
+                _check_guid(where, attribute, scope.get(attribute, ""))
+            if scope.get("ObjectId", "").lower().strip("{}") not in known:
+                raise PackageError(f"{where}: the object is not in the package or the target; "
+                                   "package the item or remove its RoleAssignment")
+            for assignment in scope.iter(ns + "Assignment"):
+                if assignment.get("PrincipalId", "") not in user_ids:
+                    raise PackageError(
+                        f"{where}: PrincipalId={assignment.get('PrincipalId')!r} is not a user in "
+                        f"{USER_GROUP_FILE}")
+                if assignment.get("RoleId", "") not in role_ids:
+                    raise PackageError(
+                        f"{where}: RoleId={assignment.get('RoleId')!r} is not a Role of the package")
 
 
 def _check_attributes(where: str, element: str, node: ET.Element) -> None:

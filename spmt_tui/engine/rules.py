@@ -54,7 +54,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
-from itertools import compress, groupby
+from bisect import bisect_right
+from collections import Counter
+from itertools import accumulate, compress, groupby
 from operator import attrgetter
 from typing import NamedTuple, Protocol
 
@@ -247,6 +249,7 @@ _SUSPECT_NAME_START_RE = re.compile(
     r"/(?:[ ~]|forms/|\.lock/|desktop\.ini/|(?:con|prn|aux|nul|com[0-9]|lpt[0-9])[./])"
 )
 _SUSPECT_UNDERSCORE_RE = re.compile(r"_(?:vti_|files?/)")
+_SUSPECT_NAME_END_RE = re.compile(r"[ .]/")  # the two substring tests of _listing_is_suspect
 
 
 def _listing_is_suspect(joined: str, framed_lower: str) -> bool:
@@ -258,6 +261,19 @@ def _listing_is_suspect(joined: str, framed_lower: str) -> bool:
         or _SUSPECT_NAME_START_RE.search(framed_lower)
         or _SUSPECT_UNDERSCORE_RE.search(framed_lower)
     )
+
+
+def _rows_matching(pattern: re.Pattern[str], text: str, shift: int, starts: list[int], rows: set[int]) -> None:
+    """Add to ``rows`` the row of every match of ``pattern`` in a "/"-joined listing.
+
+    ``starts`` contains each name's offset in the listing and ``shift`` the offset of the listing in
+    ``text``. Each search starts one character after the previous match, so matches that share
+    the "/" between two names are all found.
+    """
+    position = 0
+    while (match := pattern.search(text, position)) is not None:
+        rows.add(bisect_right(starts, match.start() - shift) - 1)
+        position = match.start() + 1
 
 
 _get_is_folder = attrgetter("is_folder")
@@ -438,6 +454,9 @@ class ScanRules:
         self._folders: dict[tuple[str, ...], FolderState] = {
             (): FolderState("", utf16_length(prefix))
         }
+        # Matches ".<skipped extension>/" in a framed, lower-case listing ("/name1/name2/").
+        extensions = sorted(map(re.escape, self.settings.skipped_extensions))
+        self._skipped_extension_re = re.compile(rf"\.(?:{'|'.join(extensions)})/") if extensions else None
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -550,15 +569,81 @@ class ScanRules:
         if state.blocked is not None:
             return self._block_children(parent_key, state, listing)
         if self._listing_is_clean(state, listing):
-            names = listing.names
-            prefix = f"{state.destination}/" if state.destination else ""
-            for name in compress(names, listing.is_folder):
-                self._folders[parent_key + (name,)] = FolderState(
-                    prefix + name, state.length + 1 + utf16_length(name)
-                )
-            return [PASSED] * len(names)
-        children = [_SingleItem(*row) for row in zip(*listing)]
-        return self._evaluate_slow(parent_key, state, children)
+            self._pass_folders(parent_key, state, compress(listing.names, listing.is_folder))
+            return [PASSED] * len(listing.names)
+        rows = self._rows_to_check(state, listing)
+        if rows is None or len(rows) * 2 > len(listing.names):
+            children = [_SingleItem(*row) for row in zip(*listing)]
+            return self._evaluate_slow(parent_key, state, children)
+        return self._evaluate_rows(parent_key, state, listing, rows)
+
+    def _pass_folders(self, parent_key: tuple[str, ...], state: FolderState, names: Iterable[str]) -> None:
+        prefix = f"{state.destination}/" if state.destination else ""
+        for name in names:
+            self._folders[parent_key + (name,)] = FolderState(
+                prefix + name, state.length + 1 + utf16_length(name)
+            )
+
+    def _evaluate_rows(
+        self, parent_key: tuple[str, ...], state: FolderState, listing: _Listing, rows: set[int]
+    ) -> list[RuleResult]:
+        """Check only ``rows`` item by item; every other row passes unchanged.
+
+        The passing names are reserved first, as the per-item path would let unchanged names
+        claim theirs first, so renamed rows still get a numbered suffix on a collision.
+        """
+        names = listing.names
+        checked = sorted(rows)
+        passing = [index for index in range(len(names)) if index not in rows]
+        self._pass_folders(parent_key, state,
+                           (names[index] for index in passing if listing.is_folder[index]))
+        reserved = {names[index].lower(): names[index] for index in passing}
+        children = [_SingleItem(*(column[index] for column in listing)) for index in checked]
+        results = [PASSED] * len(names)
+        for index, result in zip(checked, self._evaluate_slow(parent_key, state, children, reserved)):
+            results[index] = result
+        return results
+
+    def _rows_to_check(self, state: FolderState, listing: _Listing) -> set[int] | None:
+        """Return the rows that may hit a rule, including every name that collides ignoring case.
+
+        Each test mirrors one test of :meth:`_listing_is_clean` and may over-match, never
+        under-match. Returns None (check every row) when lower-casing changes a name's length,
+        because match offsets in the lower-case listing then no longer line up with the names.
+        """
+        names = listing.names
+        joined = "/".join(names)
+        lowered = joined.lower()
+        if len(lowered) != len(joined):
+            return None
+        framed = f"/{lowered}/"
+        starts = list(accumulate((len(name) + 1 for name in names[:-1]), initial=0))
+        rows: set[int] = set()
+        _rows_matching(_SUSPECT_CHARACTERS_RE, joined, 0, starts, rows)
+        # Matches of these start at the "/" before a name, or on its last character.
+        _rows_matching(_SUSPECT_NAME_START_RE, framed, 0, starts, rows)
+        _rows_matching(_SUSPECT_NAME_END_RE, framed, 1, starts, rows)
+        _rows_matching(_SUSPECT_UNDERSCORE_RE, framed, 1, starts, rows)
+        if self._skipped_extension_re is not None:
+            _rows_matching(self._skipped_extension_re, framed, 1, starts, rows)
+        if state.length + 1 + utf16_length(joined) > MAX_PATH_LENGTH:
+            rows.update(index for index, name in enumerate(names)
+                        if state.length + 1 + utf16_length(name) > MAX_PATH_LENGTH)
+        if lowered != joined:
+            # Both names of a pair that differs only in case go to the per-item path, which
+            # decides which one keeps the name.
+            lower_names = lowered.split("/")
+            counts = Counter(lower_names)
+            rows.update(index for index, name in enumerate(lower_names) if counts[name] > 1)
+        rows.update(compress(range(len(names)), listing.symlink))
+        rows.update(index for index, size in enumerate(listing.sizes) if size > MAX_FILE_SIZE)
+        if not self.settings.include_hidden:
+            rows.update(compress(range(len(names)), listing.hidden))
+        for column, after in ((listing.created, self._created_after), (listing.modified, self._modified_after)):
+            earliest = _EARLIEST_TS if after is None else max(_EARLIEST_TS, after)
+            rows.update(index for index, value in enumerate(column)
+                        if value is None or value < earliest or value > _LATEST_TS)
+        return rows
 
     # -- fast path ----------------------------------------------------------------------------
 
@@ -605,14 +690,10 @@ class ScanRules:
             return False
         if self._modified_after is not None and earliest_modified < self._modified_after:
             return False
-        extensions = settings.skipped_extensions
-        if extensions:
-            for name, is_folder in zip(names, listing.is_folder):
-                if is_folder:
-                    continue
-                _, dot, extension = name.rpartition(".")
-                if dot and extension.lower() in extensions:
-                    return False
+        # One search over the framed listing; a folder with such an extension over-matches and
+        # merely takes the per-item path.
+        if self._skipped_extension_re is not None and self._skipped_extension_re.search(f"/{lowered}/"):
+            return False
         return True
 
     # -- slow path ----------------------------------------------------------------------------
@@ -639,8 +720,10 @@ class ScanRules:
         return [result] * len(listing.names)
 
     def _evaluate_slow(
-        self, parent_key: tuple[str, ...], state: FolderState, children: Sequence[Candidate]
+        self, parent_key: tuple[str, ...], state: FolderState, children: Sequence[Candidate],
+        reserved: dict[str, str] | None = None,
     ) -> list[RuleResult]:
+        """Check ``children`` one by one; ``reserved`` maps lower-case names already taken."""
         settings = self.settings
         char = settings.replacement_char
         at_root = not parent_key and self.destination_is_library_root
@@ -680,7 +763,7 @@ class ScanRules:
                 for finding in check.findings
             )
 
-        self._assign_names(children, wanted, renamed_findings, results)
+        self._assign_names(children, wanted, renamed_findings, results, reserved)
         final: list[RuleResult] = []
         prefix = f"{state.destination}/" if state.destination else ""
         for index, child in enumerate(children):
@@ -716,14 +799,16 @@ class ScanRules:
         wanted: list[str | None],
         renamed_findings: list[tuple[Finding, ...]],
         results: list[RuleResult | None],
+        reserved: dict[str, str] | None = None,
     ) -> None:
         """Resolve destination names that collide ignoring case, in place.
 
+        Names in ``reserved`` (lower-case name to source name) are taken before any child.
         Unchanged names claim their name first, in ordinal order, and renamed ones follow. Every
         later claimant gets a numbered suffix when a replacement character is set, else it fails.
         """
         char = self.settings.replacement_char
-        taken: dict[str, str] = {}
+        taken: dict[str, str] = dict(reserved) if reserved else {}
         order = sorted(
             (index for index, name in enumerate(wanted) if name is not None),
             key=lambda index: (wanted[index] != children[index].name, children[index].name),

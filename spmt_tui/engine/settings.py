@@ -11,10 +11,12 @@ import argparse
 import dataclasses
 import datetime as dt
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 def default_working_folder() -> Path:
@@ -28,6 +30,8 @@ class SettingsError(ValueError):
 
 
 MAX_PACKAGE_MB = 10_240
+# Azure Storage account names: 3 to 24 lower-case letters and digits.
+_STORAGE_ACCOUNT = re.compile(r"[a-z0-9]{3,24}")
 
 
 def _meta(help_text: str, *, group: str = "General", json_key: str | None = None,
@@ -45,6 +49,12 @@ class Settings:
         "migrate while scanning, skipping and reporting items with issues; off: scan everything "
         "first and stop so the scan reports can be reviewed, then resume the session to migrate",
         json_key="StartMigrationAutomaticallyWhenNoScanIssue"))
+    preserve_permissions: bool = field(default=False, metadata=_meta(
+        "map each item's POSIX owner, owning group and ACL users and groups, through the user "
+        "mapping file, to SharePoint roles: write access gives Contribute (Full Control for the "
+        "owner), read access gives Read; 'other' and unmapped principals are dropped and listed in "
+        "UserNotMapped.csv; an item gets unique permissions only when they differ from its "
+        "parent folder's; needs --user-mapping-file", json_key="PreservePermission", per_task=True))
     incremental: bool = field(default=True, metadata=_meta(
         "skip files that are unchanged or newer at the destination", json_key="EnableIncremental",
         per_task=True))
@@ -53,6 +63,10 @@ class Settings:
         group="Advanced", json_key="EnableMultiRound"))
     working_folder: Path = field(default_factory=default_working_folder, metadata=_meta(
         "folder for sessions, logs and reports", group="Advanced", json_key="WorkingFolder"))
+    min_free_space_mb: int = field(default=200, metadata=_meta(
+        "free megabytes the working folder's disk must keep; below that, the migration waits "
+        "before new work and goes on when there is room again (0 = wait only when a write fails)",
+        group="Advanced"))
     # Filters
     include_hidden: bool = field(default=True, metadata=_meta(
         "migrate hidden files and folders (names starting with a dot)", group="Filters",
@@ -97,6 +111,27 @@ class Settings:
         group="Performance"))
     fatal_retries: int = field(default=2, metadata=_meta(
         "times a package is submitted again after JobFatalError", group="Performance"))
+    # Custom Azure storage. The access key is not a setting, so it is never stored with the
+    # session. It comes from an environment variable, the keyring, a prompt or a task file's
+    # CustomAzureAccessKey (see spmt_tui/engine/custom_storage.py).
+    custom_azure_storage: bool = field(default=False, metadata=_meta(
+        "upload packages to containers in your own Azure Storage account instead of the ones "
+        "SharePoint provisions", group="Custom Azure storage", json_key="UseCustomAzureStorage",
+        per_task=True))
+    custom_azure_account: str = field(default="", metadata=_meta(
+        "name of your General Purpose storage account (blobs and queues); its access key is read "
+        "from SPMT_TUI_AZURE_STORAGE_KEY, the keyring or a prompt", group="Custom Azure storage",
+        json_key="CustomAzureStorageAccount", per_task=True))
+    custom_azure_blob_endpoint: str = field(default="", metadata=_meta(
+        "blob service URL of the account (empty: https://ACCOUNT.blob.core.windows.net; an "
+        "emulator such as Azurite: https://127.0.0.1:10000/ACCOUNT)", group="Custom Azure storage",
+        per_task=True))
+    custom_azure_queue_endpoint: str = field(default="", metadata=_meta(
+        "queue service URL of the account (empty: https://ACCOUNT.queue.core.windows.net)",
+        group="Custom Azure storage", per_task=True))
+    custom_azure_delete_after: bool = field(default=False, metadata=_meta(
+        "delete the containers of each job from your account once the job ended successfully",
+        group="Custom Azure storage", json_key="CustomAzureDeletionAfterMig", per_task=True))
 
     def validate(self) -> None:
         if not 1 <= self.auto_rerun <= 5:
@@ -123,6 +158,9 @@ class Settings:
             raise SettingsError(
                 f"invalid job_poll_seconds {self.job_poll_seconds}: use a number of seconds from "
                 "0.1 to 3600")
+        if not (isinstance(self.min_free_space_mb, int) and self.min_free_space_mb >= 0):
+            raise SettingsError(f"invalid min_free_space_mb {self.min_free_space_mb}: use 0 or more "
+                                "megabytes")
         if not 0 <= self.fatal_retries <= 10:
             raise SettingsError(f"invalid fatal_retries {self.fatal_retries}: use 0 to 10")
         if self.package_max_mb > MAX_PACKAGE_MB:
@@ -137,10 +175,33 @@ class Settings:
             raise SettingsError(
                 f"user mapping file {self.user_mapping_file} not found: give the path of the "
                 "3-column CSV (source owner, target UPN, TRUE/FALSE)")
+        self._validate_custom_storage()
         if self.default_user is not None and "@" not in self.default_user:
             raise SettingsError(
                 f"invalid default_user {self.default_user!r}: give the user principal name, "
                 "e.g. jane.doe@contoso.com")
+
+    def _validate_custom_storage(self) -> None:
+        account = self.custom_azure_account
+        if not isinstance(account, str) or (account and not _STORAGE_ACCOUNT.fullmatch(account)):
+            raise SettingsError(
+                f"invalid custom_azure_account {account!r}: a storage account name has 3 to 24 "
+                "lower-case letters and digits, e.g. contosomigration")
+        if self.custom_azure_storage and not account:
+            raise SettingsError(
+                "custom Azure storage is on but custom_azure_account is empty: give the storage "
+                "account name (--custom-azure-account NAME or CustomAzureStorageAccount)")
+        for name in ("custom_azure_blob_endpoint", "custom_azure_queue_endpoint"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise SettingsError(f"invalid {name} {value!r}: give an https URL")
+            if value:
+                parts = urlsplit(value)
+                if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+                    raise SettingsError(
+                        f"invalid {name} {value!r}: give the service's https URL without a query, "
+                        "e.g. https://contoso.blob.core.windows.net or, for Azurite, "
+                        "https://127.0.0.1:10000/ACCOUNT")
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":
         """Return a copy with a task's own settings applied on top; ``self`` is not changed.

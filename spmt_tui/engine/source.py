@@ -25,6 +25,8 @@ from enum import Enum
 from operator import attrgetter
 from typing import BinaryIO
 
+from spmt_tui.engine.permissions import PosixAccess, read_acl
+
 logger = logging.getLogger("spmt.engine.source")
 
 DEFAULT_BATCH_SIZE = 10000
@@ -99,6 +101,7 @@ class SourceItem:
     error: str | None = None
     item_id: str | None = None  # source-side id, for example a SharePoint Server list item GUID
     versions: tuple[SourceVersion, ...] = ()
+    access: PosixAccess | None = None  # set only when the source collects permissions
 
     @property
     def kind(self) -> ItemKind:
@@ -153,7 +156,7 @@ class SourceBatch:
 
     __slots__ = (
         "names", "is_folder", "sizes", "created", "modified", "hidden", "symlink", "owners",
-        "errors", "runs", "created_exact", "item_ids", "versions",
+        "errors", "runs", "created_exact", "item_ids", "versions", "access",
     )
 
     def __init__(self, created_exact: bool = True) -> None:
@@ -171,6 +174,8 @@ class SourceBatch:
         self.created_exact = created_exact
         self.item_ids: list[str | None] | None = None  # source-side ids, for sources that have them
         self.versions: dict[int, tuple[SourceVersion, ...]] = {}
+        # One entry per row when the source collects permissions, else None.
+        self.access: list[PosixAccess | None] | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -196,6 +201,10 @@ class SourceBatch:
             self.item_ids.append(None)
         if item.versions:
             self.versions[index] = item.versions
+        if item.access is not None and self.access is None:
+            self.access = [None] * index
+        if self.access is not None:
+            self.access.append(item.access)
         if self.runs and self.runs[-1][2] == index and self.runs[-1][0] == parent and item.error is None:
             run_parent, run_start, _ = self.runs[-1]
             self.runs[-1] = (run_parent, run_start, index + 1)
@@ -219,6 +228,7 @@ class SourceBatch:
             self.owners[index], self.created_exact, self.errors.get(index),
             self.item_ids[index] if self.item_ids is not None else None,
             self.versions.get(index, ()),
+            self.access[index] if self.access is not None else None,
         )
 
     def __getitem__(self, index: int) -> SourceItem:
@@ -293,10 +303,18 @@ class FileShareSource(Source):
 
     source_type = "FileShare"
 
-    def __init__(self, root: str | os.PathLike[str], follow_symlinks: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike[str], follow_symlinks: bool = False,
+                 collect_permissions: bool = False) -> None:
         self.root = os.path.abspath(os.fspath(root))
         self.follow_symlinks = follow_symlinks
+        # When set, every row gets a PosixAccess (one more getxattr call per item).
+        self.collect_permissions = collect_permissions
         self._owner_names: dict[int, str | None] = {}
+
+    def root_access(self) -> PosixAccess:
+        """Return the permissions of the root folder itself; raises OSError when unreadable."""
+        info = os.stat(self.root)
+        return PosixAccess(info.st_mode & 0o7777, info.st_uid, info.st_gid, read_acl(self.root))
 
     def describe(self) -> str:
         """Return ``File share <root path>``."""
@@ -350,6 +368,8 @@ class FileShareSource(Source):
     def _next_batch(self, stack: list[_PendingFolder], batch_size: int) -> SourceBatch:
         """List folders from the stack until about ``batch_size`` items are collected."""
         batch = SourceBatch(created_exact=_HAS_BIRTHTIME)
+        if self.collect_permissions:
+            batch.access = []
         while stack and len(batch) < batch_size:
             path, parts, record, ancestors = stack.pop()
             try:
@@ -397,6 +417,8 @@ class FileShareSource(Source):
         add_hidden = batch.hidden.append
         add_symlink = batch.symlink.append
         add_owner = batch.owners.append
+        collect = batch.access is not None
+        add_access = batch.access.append if batch.access is not None else None
         # Bit tests on st_mode instead of stat.S_ISDIR() and friends: this loop runs once per
         # item and function calls are a visible share of its cost.
         type_mask = stat_module.S_IFMT(0o177777)
@@ -438,6 +460,8 @@ class FileShareSource(Source):
                 add_hidden(hidden)
                 add_symlink(False)
                 add_owner(None)
+                if collect:
+                    add_access(None)
                 continue
             if windows and getattr(info, "st_file_attributes", 0) & _FILE_ATTRIBUTE_HIDDEN:
                 hidden = True
@@ -472,11 +496,26 @@ class FileShareSource(Source):
             # A followed link is migrated as what it points to.
             add_symlink(symlink and not follow)
             add_owner(owner)
+            if collect:
+                add_access(self._access(entry.path, info, symlink and follow, errors, len(batch.names) - 1))
         if not has_birthtime:
             # Without birth times the created column repeats the modified column; one C-level
             # extend is cheaper than an append per item.
             batch.created.extend(batch.modified[len(batch.created):])
         return subfolders
+
+    @staticmethod
+    def _access(path: str, info: os.stat_result, through_link: bool, errors: dict[int, str],
+                index: int) -> PosixAccess:
+        """Return an entry's permissions; an unreadable ACL is recorded as the row's error."""
+        try:
+            acl = read_acl(path, follow_symlinks=through_link)
+        except OSError as error:
+            errors.setdefault(index, f"cannot read the ACL ({type(error).__name__}: "
+                                     f"{error.strerror or error}), so the item is not migrated "
+                                     "with unknown permissions; make it readable and run again")
+            acl = None
+        return PosixAccess(info.st_mode & 0o7777, info.st_uid, info.st_gid, acl)
 
     def _owner_name(self, uid: int) -> str | None:
         """Return the user name for ``uid`` (cached), or the number as text if it has no name."""

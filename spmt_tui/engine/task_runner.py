@@ -6,6 +6,8 @@ import asyncio
 import datetime as dt
 import logging
 import os
+import random
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +17,17 @@ from azure.core.exceptions import AzureError
 from spmt_tui.auth.tokens import SignInRequired
 from spmt_tui.engine import package as pkg
 from spmt_tui.engine.crypto import encrypt_blob, new_iv
+from spmt_tui.engine.custom_storage import TaskStorage
+from spmt_tui.engine.diskspace import is_disk_full
 from spmt_tui.engine.jobs import JobLost, JobOutcome, QueueListener, follow_job
+from spmt_tui.engine.permissions import (
+    UNIQUE_SCOPES_LIMIT,
+    UNIQUE_SCOPES_RECOMMENDED,
+    ItemPermissions,
+    PermissionMapper,
+    Principal,
+    Scope,
+)
 from spmt_tui.engine.preflight import Target, folder_object_id
 from spmt_tui.engine.progress import ItemEvent, LogEvent, PhaseEvent
 from spmt_tui.engine.rules import Outcome, ScanRules, ScanSettings
@@ -29,6 +41,7 @@ from spmt_tui.engine.upload import (
     encrypt_and_upload,
 )
 from spmt_tui.logs import redact
+from spmt_tui.reports.csv_reports import USER_NOT_MAPPED_SCOPE
 from spmt_tui.spo.containers import ContainerExpired, StorageTransport, download_log, upload_small
 from spmt_tui.spo.http import HttpError
 from spmt_tui.spo.sharepoint import FileInfo, ProvisionedContainers, SharePointClient, UserInfo
@@ -46,7 +59,12 @@ CODE_SUBMIT_FAILED = "0x01610002"
 CODE_DESTINATION_NEWER = "DESTINATION_NEWER"
 CODE_UNCHANGED = "UNCHANGED"
 
-MAX_CONTAINER_RETRIES = 3
+# SharePoint Online grants a container SAS for 3 days. A package that is still handed expired
+# containers after waiting that long will not recover by waiting more, so it fails and the next
+# round or a resume picks its files up.
+CONTAINER_RETRY_WINDOW_SECONDS = 72 * 3600.0
+CONTAINER_RETRY_FIRST_DELAY = 30.0
+CONTAINER_RETRY_MAX_DELAY = 900.0
 MAX_SUBMIT_RETRIES = 3
 SUBMIT_RETRY_DELAY = 5.0
 MAX_UPLOAD_ATTEMPTS = 3
@@ -65,6 +83,7 @@ class WorkFile:
     int_id: int
     parent_id: str
     existing_id: str | None   # id of a file already at this URL (then the package reuses it)
+    permissions: ItemPermissions | None = None  # set when preserve_permissions is on
 
 
 @dataclass
@@ -77,6 +96,7 @@ class WorkFolder:
     parent_id: str
     created_ts: float | None
     modified_ts: float | None
+    permissions: ItemPermissions | None = None  # set when preserve_permissions is on
 
 
 @dataclass
@@ -94,6 +114,21 @@ def _utc(ts: float | None) -> dt.datetime:
     if ts is None:
         return dt.datetime.now(dt.timezone.utc)
     return dt.datetime.fromtimestamp(int(ts), dt.timezone.utc)
+
+
+def container_retry_delay(expiry_number: int) -> float:
+    """Return the seconds to wait before provisioning new containers after an expired SAS.
+
+    The first expiry of a package provisions new containers at once: a SAS lives for days, so one
+    expiry is what a long upload or a paused weekend runs into. Repeated expiries back off from
+    ``CONTAINER_RETRY_FIRST_DELAY`` up to ``CONTAINER_RETRY_MAX_DELAY`` with jitter, so that the
+    packages of a run do not provision in step. The caller gives up once the waits would pass
+    ``CONTAINER_RETRY_WINDOW_SECONDS`` since the first expiry.
+    """
+    if expiry_number <= 1:
+        return 0.0
+    ceiling = min(CONTAINER_RETRY_MAX_DELAY, CONTAINER_RETRY_FIRST_DELAY * 2 ** (expiry_number - 2))
+    return random.uniform(ceiling / 2, ceiling)
 
 
 class TaskRunner:
@@ -134,10 +169,19 @@ class TaskRunner:
         self.upload_slots = asyncio.Semaphore(self.settings.upload_concurrency)
         self.job_slots = asyncio.Semaphore(self.settings.jobs_in_flight)
         self.queue_listener: QueueListener | None = None
+        # The customer's storage account when custom Azure storage is on; opened by run().
+        self.custom: TaskStorage | None = None
         self.scan_issues = 0
         self.unreadable_folders: set[int] = set()
         self.source_lock = asyncio.Lock()
         self.package_numbers = self.store.next_package_number(task_id)
+        # Permissions: the mapper exists only with preserve_permissions and a user mapping file.
+        self.permissions: PermissionMapper | None = None
+        if self.settings.preserve_permissions and self.authors.mapping is not None:
+            self.permissions = PermissionMapper(self.authors.mapping, self.authors.resolved)
+        self.folder_scopes: dict[tuple[str, ...], Scope] = {}  # source folder parts -> mapped scope
+        self.root_scope: Scope | None = None
+        self.unique_scopes = 0
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -158,6 +202,12 @@ class TaskRunner:
     # -- the run ------------------------------------------------------------------------------
 
     async def run(self, *, scan_only: bool = False) -> None:
+        if self.settings.preserve_permissions and self.permissions is None:
+            message = ("preserve_permissions is on but no user mapping file is set, so no source "
+                       "principal can be mapped and every item inherits the destination's "
+                       "permissions; give --user-mapping-file to migrate them")
+            log.warning(message)
+            self._emit_log("warning", message)
         for folder in self.target.folder_chain:
             if folder.exists:
                 self.existing_folders[folder.relative_path.lower()] = folder.id
@@ -167,10 +217,28 @@ class TaskRunner:
         if scan_only:
             await self._scan(None)
             return
+        if self.settings.custom_azure_storage:
+            self.custom = TaskStorage.open(
+                self.settings, profile=self.m.profile, site_url=self.target.site_url,
+                transport=self.transport, session_id=self.m.session_id, task_id=self.task_id,
+                round_number=self.round, session_db=self.store.path)
+        try:
+            await self._run_pipeline(package_queue)
+            if self.custom is not None:
+                await self.custom.finish()
+        finally:
+            if self.custom is not None:
+                self.custom.close()
+
+    async def _run_pipeline(self, package_queue: asyncio.Queue[Any]) -> None:
         await self._follow_pending_jobs()
         upload_queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(1, self.settings.packages_in_flight))
-        queue_uri = await self.client.provision_queue()
-        self.queue_listener = QueueListener(self.transport, queue_uri)
+        if self.custom is not None:
+            queue_uri, listener_transport = await self.custom.open_queue()
+            self.queue_listener = QueueListener(listener_transport, queue_uri)  # type: ignore[arg-type]
+        else:
+            queue_uri = await self.client.provision_queue()
+            self.queue_listener = QueueListener(self.transport, queue_uri)
         self.queue_listener.start()
         try:
             async with asyncio.TaskGroup() as group:
@@ -188,6 +256,12 @@ class TaskRunner:
         for row in self.store.iter_items(self.task_id, status="submitted"):
             if row.job_id:
                 pending.setdefault(row.job_id, []).append(row)
+        if self.custom is not None:
+            # A run killed between creating a job and recording its items leaves a job that only
+            # the custom storage record knows. Its items are planned again; it is followed only
+            # so that its containers are deleted once it ends.
+            for job_id in self.custom.submitted_jobs() - set(pending):
+                pending[job_id] = []
         if not pending:
             return
         log.info("following %d job(s) submitted before the interruption", len(pending))
@@ -199,10 +273,14 @@ class TaskRunner:
                 outcome = await follow_job(
                     self.client, job_id, inbox=None, next_token="0",
                     poll_seconds=min(2.0, self.settings.job_poll_seconds),
-                    on_token=lambda token: self.store.job_token(job_id, token))
+                    on_token=lambda token: self._save_job_token(job_id, token))
             except JobLost as error:
                 log.warning("%s; its items are planned again", error)
                 return
+            if self.custom is not None:
+                await self.custom.job_ended(job_id, succeeded=outcome.fatal is None)
+                if not rows:
+                    return
             if outcome.fatal is not None:
                 log.warning("job %s ended with JobFatalError; its items are planned again", job_id)
                 return
@@ -216,7 +294,9 @@ class TaskRunner:
                     self.store.mark(row.id, "migrated")
             self.store.job_event(job_id, "JobEnd", status="completed")
 
-        await asyncio.gather(*(settle(job_id, rows) for job_id, rows in pending.items()))
+        # settle() reads the job from its first event again, so a retry after a full disk is safe.
+        await asyncio.gather(*(self.m.disk.retry(lambda j=job_id, r=rows: settle(j, r))
+                               for job_id, rows in pending.items()))
 
     # -- scan ---------------------------------------------------------------------------------
 
@@ -249,7 +329,8 @@ class TaskRunner:
                     destination = rules.destination_path(item.parent, item.name, result) \
                         if result.outcome is Outcome.PASS else None
                     records.append((item, result, destination))
-                row_ids = self.store.record_scanned(self.task_id, self.round, records)
+                row_ids = await self.m.disk.retry(
+                    lambda: self.store.record_scanned(self.task_id, self.round, records))
                 for (item, result, destination), row_id in zip(records, row_ids):
                     if item.error is not None and item.is_folder:
                         # The folder passed in an earlier record and may already be packaged;
@@ -270,7 +351,8 @@ class TaskRunner:
                 if out is None:
                     continue
                 for row_id, item, destination, before in ready:
-                    work = await self._plan_item(row_id, item, destination, before)
+                    work = await self.m.disk.retry(
+                        lambda: self._plan_item(row_id, item, destination, before))
                     if work is not None:
                         await out.put(work)
         except asyncio.CancelledError:
@@ -312,6 +394,7 @@ class TaskRunner:
         library_relative = self._library_relative(destination)
         parent = library_relative.rpartition("/")[0]
         lib_id = self.target.library.id
+        permissions = self._item_permissions(item) if self.permissions is not None else None
         parent_exists = (not parent) or parent.lower() in self.existing_folders
         if item.is_folder:
             if parent_exists:
@@ -326,7 +409,8 @@ class TaskRunner:
             object_id = folder_object_id(self.target.site_url, lib_id, library_relative)
             ids = self.store.assign_ids(row_id, lib_id, object_id, self.target.max_item_id)
             folder = WorkFolder(row_id, library_relative, object_id, ids.item_id, ids.int_id,
-                                self._parent_id(library_relative), item.created_ts, item.modified_ts)
+                                self._parent_id(library_relative), item.created_ts, item.modified_ts,
+                                permissions)
             self.folders[library_relative.lower()] = folder
             return folder
         self.stats.add_bytes(total=item.size)
@@ -376,7 +460,50 @@ class TaskRunner:
             self.target.site_url, lib_id, library_relative)[0])
         ids = self.store.assign_ids(row_id, lib_id, object_id, self.target.max_item_id)
         return WorkFile(row_id, item, library_relative, object_id, ids.item_id, ids.int_id,
-                        self._parent_id(library_relative), existing.id if existing else None)
+                        self._parent_id(library_relative), existing.id if existing else None,
+                        permissions)
+
+    def _item_permissions(self, item: SourceItem) -> ItemPermissions | None:
+        """Map the item's POSIX permissions; unique only when they differ from its parent's.
+
+        Folders are planned before their children (the walk order), so the parent's scope is
+        known here. Items without permission data inherit.
+        """
+        mapper = self.permissions
+        if mapper is None or item.access is None:
+            return None
+        scope, not_mapped = mapper.scope_of(item.access, item.is_folder)
+        if item.is_folder:
+            self.folder_scopes[item.parts] = scope
+        parent = self.folder_scopes.get(item.parent) if item.parent else None
+        if parent is None:
+            parent = self._root_scope()
+        if scope == parent:
+            return ItemPermissions(None, not_mapped)
+        self.unique_scopes += 1
+        if self.unique_scopes in (UNIQUE_SCOPES_RECOMMENDED + 1, UNIQUE_SCOPES_LIMIT + 1):
+            # NOTE: counted per task; tasks into the same library add up at the destination.
+            limit = ("the limit of" if self.unique_scopes > UNIQUE_SCOPES_LIMIT
+                     else "Microsoft's recommended maximum of")
+            message = (f"more than {self.unique_scopes - 1:,} items get unique permissions, "
+                       f"{limit} unique scopes per library; give folders uniform permissions at "
+                       "the source, or turn preserve_permissions off")
+            log.warning(message)
+            self._emit_log("warning", message)
+        return ItemPermissions(scope, not_mapped)
+
+    def _root_scope(self) -> Scope:
+        """Return the mapped scope of the source root folder, read once."""
+        if self.root_scope is None:
+            root_access = getattr(self.source, "root_access", None)
+            scope: Scope = ()
+            if root_access is not None and self.permissions is not None:
+                try:
+                    scope = self.permissions.scope_of(root_access(), True)[0]
+                except OSError as error:
+                    log.warning("cannot read the permissions of the source root: %s", error)
+            self.root_scope = scope
+        return self.root_scope
 
     # -- packaging ---------------------------------------------------------------------------
 
@@ -393,9 +520,10 @@ class TaskRunner:
                 return
             number = self.package_numbers
             self.package_numbers += 1
-            package = Package(number, files, self._with_ancestors(files, folders), size)
-            self.store.assign_package(number, [f.row_id for f in files] +
-                                      [f.row_id for f in folders if f.row_id is not None])
+            with_ancestors = await self.m.disk.retry(lambda: self._with_ancestors(files, folders))
+            package = Package(number, files, with_ancestors, size)
+            row_ids = [f.row_id for f in files] + [f.row_id for f in folders if f.row_id is not None]
+            await self.m.disk.retry(lambda: self.store.assign_package(number, row_ids))
             for work in files:
                 self.stats.add("packaged")
                 self._event(work.row_id, work.item.relative_path, "packaged", work.item.size)
@@ -415,8 +543,9 @@ class TaskRunner:
                 # A large file travels alone, with the folders it needs.
                 number = self.package_numbers
                 self.package_numbers += 1
-                package = Package(number, [work], self._with_ancestors([work], []), work.item.size)
-                self.store.assign_package(number, [work.row_id])
+                alone = await self.m.disk.retry(lambda: self._with_ancestors([work], []))
+                package = Package(number, [work], alone, work.item.size)
+                await self.m.disk.retry(lambda: self.store.assign_package(number, [work.row_id]))
                 self.stats.add("packaged")
                 self._event(work.row_id, work.item.relative_path, "packaged", work.item.size)
                 await out.put(package)
@@ -465,29 +594,41 @@ class TaskRunner:
                 return
             await self.m._gate()
             try:
-                await self._migrate_package(package)
+                # A full disk before the job is submitted starts the package again after the wait.
+                # Every write after submission retries on its own, so no job is submitted twice.
+                await self.m.disk.retry(lambda: self._migrate_package(package))
             except (asyncio.CancelledError, SignInRequired):
                 raise
             except Exception as error:  # noqa: BLE001 - one package must not stop the others
                 log.exception("package %d failed", package.number)
-                self._fail_package(package, CODE_UPLOAD_FAILED,
-                                   f"package failed: {type(error).__name__}: {redact(str(error))}")
+                message = f"package failed: {type(error).__name__}: {redact(str(error))}"
+                await self.m.disk.retry(lambda: self._fail_package(package, CODE_UPLOAD_FAILED, message))
 
     async def _migrate_package(self, package: Package) -> None:
         fatal_attempts = 0
         container_attempts = 0
+        first_expiry: float | None = None
         submit_attempts = 0
         while True:
             try:
                 outcome, containers, job_id = await self._upload_and_submit(package)
             except ContainerExpired as error:
                 container_attempts += 1
-                log.warning("package %d: container expired (%s); provisioning new containers",
-                            package.number, error)
-                if container_attempts >= MAX_CONTAINER_RETRIES:
-                    self._fail_package(package, CODE_CONTAINER_EXPIRED,
-                                       "the Azure containers expired repeatedly; resume the session later")
+                now = time.monotonic()
+                first_expiry = now if first_expiry is None else first_expiry
+                delay = container_retry_delay(container_attempts)
+                if now + delay - first_expiry > CONTAINER_RETRY_WINDOW_SECONDS:
+                    span = now - first_expiry
+                    span_text = f"{span / 3600:.1f} h" if span >= 3600 else f"{span:.0f} s"
+                    message = (f"the Azure containers expired {container_attempts} times in "
+                               f"{span_text}; resume the session later")
+                    await self.m.disk.retry(
+                        lambda: self._fail_package(package, CODE_CONTAINER_EXPIRED, message))
                     return
+                log.warning("package %d: container expired (%s); provisioning new containers in "
+                            "%.0f s (expiry %d)", package.number, error, delay, container_attempts)
+                if delay > 0:
+                    await asyncio.sleep(delay)
                 continue
             except HttpError as error:
                 submit_attempts += 1
@@ -498,7 +639,8 @@ class TaskRunner:
                                 package.number, error, delay)
                     await asyncio.sleep(delay)
                     continue
-                self._fail_package(package, CODE_SUBMIT_FAILED, f"job submission failed: {error}")
+                message = f"job submission failed: {error}"
+                await self.m.disk.retry(lambda: self._fail_package(package, CODE_SUBMIT_FAILED, message))
                 return
             if outcome is None:
                 return  # every file of the package failed before submission
@@ -509,15 +651,19 @@ class TaskRunner:
                             self.settings.fatal_retries)
                 self._emit_log("warning", f"package {package.number}: JobFatalError, submitting again")
                 continue
-            await self._apply_outcome(package, outcome, containers, job_id)
+            await self.m.disk.retry(lambda: self._apply_outcome(package, outcome, containers, job_id))
             return
 
     async def _upload_and_submit(
         self, package: Package
     ) -> tuple[JobOutcome | None, ProvisionedContainers, str]:
-        containers = await self.client.provision_containers()
-        data = self.transport.container(containers.data_uri)
-        metadata = self.transport.container(containers.metadata_uri)
+        if self.custom is not None:
+            containers = await self.custom.provision(package.number)
+            data, metadata = self.custom.clients(containers)
+        else:
+            containers = await self.client.provision_containers()
+            data = self.transport.container(containers.data_uri)
+            metadata = self.transport.container(containers.metadata_uri)
         try:
             results = await asyncio.gather(*(self._upload_file(package, work, data, containers.key)
                                              for work in package.files))
@@ -528,7 +674,7 @@ class TaskRunner:
             files = self._build_package(package, dict((w.row_id, r) for w, r in uploaded))
             known = set(self.existing_folders.values()) | {self.target.library.root_folder_id}
             pkg.validate_package(files, known_ids=known)
-            self._keep_package(package, files)
+            await self.m.disk.retry(lambda: self._keep_package(package, files))
             for name, content in files.items():
                 iv = new_iv()
                 cipher = encrypt_blob(containers.key, iv, content)
@@ -539,8 +685,12 @@ class TaskRunner:
                 await self.m._gate()
                 job_id = await self.client.create_migration_job_encrypted(
                     self.target.web.id, containers, self._queue_uri())
-                self.store.package_submitted(package.number, self.task_id, job_id,
-                                             [w.row_id for w in package.files])
+                if self.custom is not None:
+                    # Recorded first, so a resumed run that follows this job finds its containers.
+                    self.custom.submitted(containers, job_id)
+                submitted_rows = [w.row_id for w in package.files]
+                await self.m.disk.retry(lambda: self.store.package_submitted(
+                    package.number, self.task_id, job_id, submitted_rows))
                 for work in package.files:
                     self.stats.add("submitted")
                     self._event(work.row_id, work.item.relative_path, "submitted", work.item.size)
@@ -549,7 +699,7 @@ class TaskRunner:
                     inbox = self.queue_listener.watch(job_id, containers.key) if self.queue_listener else None
                     outcome = await follow_job(
                         self.client, job_id, inbox=inbox, poll_seconds=self.settings.job_poll_seconds,
-                        on_token=lambda token, j=job_id: self.store.job_token(j, token),
+                        on_token=lambda token, j=job_id: self._save_job_token(j, token),
                     )
                 except JobLost as error:
                     log.warning("package %d: %s; submitting again", package.number, error)
@@ -559,10 +709,25 @@ class TaskRunner:
                     if self.queue_listener:
                         self.queue_listener.forget(job_id)
             await self._save_import_log(metadata, job_id, containers.key)
+            if self.custom is not None:
+                await self.custom.job_ended(job_id, succeeded=outcome.fatal is None)
             return outcome, containers, job_id
         finally:
             await data.close()
             await metadata.close()
+
+    def _save_job_token(self, job_id: str, token: str) -> None:
+        """Store how far a job's events were read; a full disk only skips this optimisation.
+
+        A resumed run reads a submitted job from its first event, so a lost token costs time only.
+        """
+        try:
+            self.store.job_token(job_id, token)
+        except Exception as error:
+            if not is_disk_full(error):
+                raise
+            log.warning("job %s: the event token was not stored because the working folder is full",
+                        job_id)
 
     def _keep_package(self, package: Package, files: dict[str, bytes]) -> None:
         """Keep the package's XML in the working folder, as SPMT keeps its package cache.
@@ -584,7 +749,7 @@ class TaskRunner:
         for attempt in range(1, MAX_UPLOAD_ATTEMPTS + 1):
             async with self.upload_slots:
                 await self.m._gate()
-                self.store.add_attempt(work.row_id, "upload")
+                await self.m.disk.retry(lambda: self.store.add_attempt(work.row_id, "upload"))
                 try:
                     result = await encrypt_and_upload(self.source, work.item, container, key, blob_name,
                                                       self.stats)
@@ -593,14 +758,15 @@ class TaskRunner:
                         changed_retried = True
                         await asyncio.sleep(FILE_CHANGED_RETRY_DELAY)
                         continue
-                    self._fail_item(work, CODE_FILE_CHANGED,
-                                    f"{error}; it will be picked up by the next round")
+                    message = f"{error}; it will be picked up by the next round"
+                    await self.m.disk.retry(lambda: self._fail_item(work, CODE_FILE_CHANGED, message))
                     return None
                 except SourceReadError as error:
                     if not await asyncio.to_thread(os.path.isdir, self.task.source):
                         await self._wait_for_source()
                         continue
-                    self._fail_item(work, CODE_SOURCE_UNREADABLE, str(error))
+                    message = str(error)
+                    await self.m.disk.retry(lambda: self._fail_item(work, CODE_SOURCE_UNREADABLE, message))
                     return None
                 except ContainerExpired:
                     raise
@@ -611,12 +777,14 @@ class TaskRunner:
                                     redact(str(error))[:300], attempt + 1, MAX_UPLOAD_ATTEMPTS)
                         await asyncio.sleep(attempt * 2.0)
                         continue
-                    self._fail_item(work, CODE_UPLOAD_FAILED, f"upload failed: {redact(str(error))[:300]}")
+                    message = f"upload failed: {redact(str(error))[:300]}"
+                    await self.m.disk.retry(lambda: self._fail_item(work, CODE_UPLOAD_FAILED, message))
                     return None
             if result.plain_size != work.item.size or result.modified_ts != work.item.modified_ts:
                 # Changed after the scan but not while it was read: ship what was read, with
                 # its own size and time, and report those.
-                self.store.update_source_state(work.row_id, result.plain_size, result.modified_ts)
+                await self.m.disk.retry(lambda: self.store.update_source_state(
+                    work.row_id, result.plain_size, result.modified_ts))
             self.stats.add("uploaded")
             self._event(work.row_id, work.item.relative_path, "uploaded", work.item.size)
             return result
@@ -662,7 +830,7 @@ class TaskRunner:
 
     async def _save_import_log(self, metadata: Any, job_id: str, key: bytes) -> None:
         folder = self.m.session_dir / "logs"
-        folder.mkdir(parents=True, exist_ok=True)
+        await self.m.disk.retry(lambda: folder.mkdir(parents=True, exist_ok=True))
         for suffix in ("log", "err", "wrn"):
             name = f"Import-{job_id}-1.{suffix}"
             try:
@@ -671,7 +839,7 @@ class TaskRunner:
                 log.warning("job %s: could not read %s: %s", job_id, name, redact(str(error)))
                 continue
             if content is not None:
-                (folder / name).write_bytes(content)
+                await self.m.disk.retry(lambda: (folder / name).write_bytes(content))
 
     async def _wait_for_source(self) -> None:
         """Pause while the source share is gone (unmounted, network down), then go on."""
@@ -751,6 +919,31 @@ def build_package_files(runner: TaskRunner, package: Package, results: dict[int,
                                          person.email, is_site_admin=person.is_site_admin))
         return package_user_ids[key]
 
+    mapper = runner.permissions
+    roles: dict[int, pkg.PackageRole] = {}
+
+    def principal_id(principal: Principal) -> int:
+        """Return the package's id for a permission principal, adding it once per package."""
+        key = principal.login.lower()
+        if key not in package_user_ids:
+            package_user_ids[key] = len(users) + 1
+            users.append(pkg.PackageUser(package_user_ids[key], principal.title, principal.login,
+                                         principal.email, is_domain_group=principal.is_group))
+        return package_user_ids[key]
+
+    def role_assignments(permissions: ItemPermissions | None) -> tuple[pkg.PackageRoleAssignment, ...] | None:
+        """Return an item's unique role assignments (None when it inherits); count unmapped principals."""
+        if permissions is None or mapper is None:
+            return None
+        mapper.count_not_mapped(permissions.not_mapped)
+        if permissions.scope is None:
+            return None
+        assignments = []
+        for principal, role in permissions.scope:
+            roles[role.id] = pkg.PackageRole(role.id, role.title, role.perm_mask, role.order)
+            assignments.append(pkg.PackageRoleAssignment(principal_id(principal), role.id))
+        return tuple(assignments)
+
     items: list[pkg.PackageItem] = []
     for folder in package.folders:
         row = runner.store.get_item(folder.row_id) if folder.row_id is not None else None
@@ -766,6 +959,7 @@ def build_package_files(runner: TaskRunner, package: Package, results: dict[int,
             modified=_utc(folder.modified_ts),
             author_id=author,
             editor_id=author,
+            role_assignments=role_assignments(folder.permissions),
         ))
     for work in package.files:
         result = results[work.row_id]
@@ -785,6 +979,9 @@ def build_package_files(runner: TaskRunner, package: Package, results: dict[int,
             blob_name=result.blob_name,
             md5_base64=result.md5_base64,
             checksum_base64=result.checksum_base64 or None,
+            role_assignments=role_assignments(work.permissions),
         ))
     runner.authors.flush_not_mapped(runner.store, (runner.task_id, package.number))
-    return pkg.build_package(ids, items, users)
+    if mapper is not None:
+        mapper.flush_not_mapped(runner.store, (runner.task_id, package.number), USER_NOT_MAPPED_SCOPE)
+    return pkg.build_package(ids, items, users, list(roles.values()))

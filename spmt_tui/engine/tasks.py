@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from spmt_tui.engine.custom_storage import check_key, remember_key
 from spmt_tui.engine.migration import MigrationTask
 from spmt_tui.engine.settings import TASK_SETTINGS, Settings, SettingsError, parse_time
 from spmt_tui.engine.users import UserMappingError, load_user_mapping, utf8_error_position
@@ -62,17 +63,14 @@ IGNORED_JSON_SETTINGS = {
     "migrateonenotenotebook": "OneNote folders are migrated as plain folders and files",
     "migrateallwebstructures": "it applies to SharePoint Server sources only",
     "enableazuredirectorylookup": "users are mapped by the user mapping file only",
-    "customazuredeletionaftermig": "custom Azure storage is not supported",
 }
+# The access key of a task's custom Azure storage account. It is not a setting, so it is held in
+# this process's memory only and never stored with the session.
+ACCESS_KEY_JSON = "customazureaccesskey"
+
 # SPMT task settings that spmt-tui cannot honour. Each maps to the one accepted value, which turns
 # the feature off (None when no value is accepted), and to the reason given for any other value.
 UNSUPPORTED_JSON_SETTINGS = {
-    "preservepermission": (False, "preserving file share permissions is not supported; "
-                                  "set it to false or remove it"),
-    "usecustomazurestorage": (False, "custom Azure storage is not supported; set it to false "
-                                     "or remove it"),
-    "customazurestorageaccount": ("", "custom Azure storage is not supported; remove the key"),
-    "customazureaccesskey": ("", "custom Azure storage is not supported; remove the key"),
     "filteroutpathspecialcharacters": (None, "this key means different things in different "
                                              "SPMT versions; use ReplacementOfInvalidChar with a "
                                              "character to rename invalid names, or leave it out to "
@@ -122,13 +120,15 @@ def load_tasks(path: str | os.PathLike[str]) -> list[MigrationTask]:
         raise TaskFileError(path, [TaskFileIssue(
             line, column, "file", "the file is not valid UTF-8; save it as UTF-8 (CSV UTF-8 in "
             "Excel)")]) from None
-    reader = _JsonTaskReader if text.lstrip().startswith(("{", "[")) else _CsvTaskReader
-    tasks, issues = reader(path, text).read()
+    reader = (_JsonTaskReader if text.lstrip().startswith(("{", "[")) else _CsvTaskReader)(path, text)
+    tasks, issues = reader.read()
     _check_duplicates(tasks, issues)
     if not tasks and not issues:
         issues.append(TaskFileIssue(1, 1, "file", "the file has no tasks"))
     if issues:
         raise TaskFileError(path, issues)
+    for account, key in getattr(reader, "access_keys", {}).items():
+        remember_key(account, key)
     log.info("task file %s: %d task(s)", path, len(tasks))
     return [task for _, _, task in tasks]
 
@@ -372,6 +372,8 @@ class _JsonTaskReader:
         self.base = path.parent.resolve()
         self.positions = _Positions(text)
         self.issues: list[TaskFileIssue] = []
+        # Storage account -> access key from the tasks' CustomAzureAccessKey (memory only).
+        self.access_keys: dict[str, str] = {}
 
     def read(self) -> tuple[list[_Located], list[TaskFileIssue]]:
         try:
@@ -472,6 +474,7 @@ class _JsonTaskReader:
         names = _setting_names()
         overrides: dict[str, Any] = {}
         seen: set[str] = set()
+        access_key: tuple[str, Any] | None = None
         for written, raw in value.items():
             lower = written.lower()
             name = f"{where}.Settings.{written}"
@@ -479,6 +482,9 @@ class _JsonTaskReader:
                 self._issue(value, written, name, f"setting {written!r} is given twice")
                 continue
             seen.add(lower)
+            if lower == ACCESS_KEY_JSON:
+                access_key = (written, raw)
+                continue
             if lower in IGNORED_JSON_SETTINGS:
                 log.info("task file %s: %s %s is ignored because %s", self.path, where, written,
                          IGNORED_JSON_SETTINGS[lower])
@@ -494,21 +500,52 @@ class _JsonTaskReader:
                             f"{', '.join(sorted(_json_keys()))}")
                 continue
             problem = self._setting_value(field_name, raw, overrides)
-            if not problem and field_name in overrides:
+            # Custom storage on without an account is checked with the session's settings,
+            # which may name the account.
+            if not problem and field_name in overrides and field_name != "custom_azure_storage":
                 try:
                     Settings().with_overrides({field_name: overrides[field_name]})
                 except SettingsError as error:
                     problem = str(error)
             if problem:
                 self._issue(value, written, name, f"{written}: {problem}")
+        if access_key is not None:
+            self._access_key(value, where, access_key, overrides)
         return overrides
+
+    def _access_key(self, value: dict[str, Any], where: str, entry: tuple[str, Any],
+                    overrides: dict[str, Any]) -> None:
+        """Hold a task's CustomAzureAccessKey for its account; messages never contain the key."""
+        written, raw = entry
+        name = f"{where}.Settings.{written}"
+        account = overrides.get("custom_azure_account")
+        if raw in (None, ""):
+            return
+        if not account:
+            self._issue(value, written, name, f"{written} needs CustomAzureStorageAccount in the "
+                        "same Settings, so the key is used for that account only")
+            return
+        try:
+            key = check_key(account, raw)
+        except SettingsError as error:
+            self._issue(value, written, name, f"{written}: {error}")
+            return
+        if self.access_keys.get(account, key) != key:
+            self._issue(value, written, name, f"{written}: another task gives a different key for "
+                        f"storage account {account!r}; give each account one key")
+            return
+        self.access_keys[account] = key
 
     def _setting_value(self, field_name: str, raw: Any, overrides: dict[str, Any]) -> str:
         """Convert one setting into ``overrides``; return the problem, or "" when it is valid."""
         kinds = {
             "include_hidden": bool, "incremental": bool, "follow_symlinks": bool,
+            "preserve_permissions": bool,
             "skip_extensions": str, "replace_invalid_char": str, "default_user": str,
             "user_mapping_file": str, "created_after": str, "modified_after": str,
+            "custom_azure_storage": bool, "custom_azure_delete_after": bool,
+            "custom_azure_account": str, "custom_azure_blob_endpoint": str,
+            "custom_azure_queue_endpoint": str,
         }
         kind = kinds[field_name]
         if raw is None and field_name in ("replace_invalid_char", "default_user", "user_mapping_file",

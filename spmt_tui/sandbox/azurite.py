@@ -99,6 +99,8 @@ class AzuriteProcess:
     cert: Path
     key: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # Storage accounts to serve (name -> base64 key). Empty: Azurite's development account only.
+    accounts: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def blob_url(self) -> str:
@@ -128,6 +130,10 @@ class AzuriteProcess:
             [str(bin_dir / "azurite-queue"), "--queueHost", "127.0.0.1",
              "--queuePort", str(self.queue_port), *common],
         ]
+        env = dict(os.environ)
+        if self.accounts:
+            # Azurite then serves exactly these accounts (read at start and every minute).
+            env["AZURITE_ACCOUNTS"] = ";".join(f"{name}:{key}" for name, key in self.accounts.items())
         with open(log_path, "ab") as log_file:
             for command in commands:
                 log.info("starting %s", " ".join(command[:3]))
@@ -138,6 +144,7 @@ class AzuriteProcess:
                         stdout=log_file,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
+                        env=env,
                     )
                 )
         try:

@@ -2,7 +2,10 @@
 
 A fault schedule is a set of ``kind=rate`` pairs, each rate a probability from 0 to 1, given on
 the command line (``--faults 429=0.1,503=0.05,drop=0.02``) or changed at run time through the
-admin endpoint. HTTP kinds apply to SharePoint REST calls; job kinds apply to the import timer job.
+admin endpoint. HTTP kinds apply to SharePoint REST calls, and job kinds to the import timer job.
+Storage kinds apply to the client's blob and queue requests, through the proxy in
+``storage_proxy.py``. That proxy runs only when the start-up schedule names a storage kind (a rate
+of 0 is enough), so the admin endpoint can change storage rates only in such a sandbox.
 """
 
 from __future__ import annotations
@@ -26,9 +29,18 @@ FAULT_KINDS: dict[str, str] = {
     "fatal": "end an import job with JobFatalError",
     "postpone": "post JobPostponed before a job starts",
     "lost_queue": "drop an event from the job's Azure queue (GetMigrationJobProgress still has it)",
+    "storage_503": "answer a blob or queue request with 503 ServerBusy (Azure's XML error)",
+    "storage_500": "answer a blob or queue request with 500 OperationTimedOut (Azure's XML error)",
+    "storage_drop": "close the connection of a blob or queue request halfway through a body",
 }
 
 HTTP_KINDS = ("429", "503", "drop", "slow")
+STORAGE_KINDS = ("storage_503", "storage_500", "storage_drop")
+
+
+def wants_storage_proxy(rates: dict[str, float]) -> bool:
+    """Return True when a fault schedule names a storage kind, at any rate."""
+    return any(kind in rates for kind in STORAGE_KINDS)
 
 
 class FaultSpecError(ValueError):
@@ -78,6 +90,8 @@ class Faults:
         self.retry_after = retry_after
         self.slow_seconds = slow_seconds
         self.injected: dict[str, int] = {kind: 0 for kind in FAULT_KINDS}
+        # Requests seen where faults may be injected, by name (e.g. blob_requests).
+        self.observed: dict[str, int] = {}
 
     def set_rates(self, rates: dict[str, float]) -> None:
         with self._lock:
@@ -93,6 +107,11 @@ class Faults:
             self.injected[kind] += 1
         log.info("injecting fault %s", kind)
         return True
+
+    def observe(self, name: str) -> None:
+        """Count one request seen by an injection point, so tests can tell a rate from a count."""
+        with self._lock:
+            self.observed[name] = self.observed.get(name, 0) + 1
 
     async def before_rest_call(self, request: web.Request) -> web.StreamResponse | None:
         """Return a fault response for this REST call, or None to let it through."""
@@ -116,4 +135,5 @@ class Faults:
 
     def snapshot(self) -> dict[str, object]:
         with self._lock:
-            return {"rates": dict(self.rates), "injected": dict(self.injected)}
+            return {"rates": dict(self.rates), "injected": dict(self.injected),
+                    "observed": dict(self.observed)}

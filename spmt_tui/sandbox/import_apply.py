@@ -12,6 +12,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from spmt_tui.sandbox.import_plan import ERROR_INVALID_ARGUMENT, FileStep, FolderStep
+from spmt_tui.sandbox.import_roles import ScopeStep, apply_scope
+from spmt_tui.sandbox.roles import clear_unique_scope
 
 if TYPE_CHECKING:
     from spmt_tui.sandbox.importer import ImportRun
@@ -46,18 +48,22 @@ class Applier:
         self.run = run
         self.store = run.store
 
-    def apply(self, steps: list[FolderStep | FileStep]) -> None:
+    def apply(self, steps: list[FolderStep | FileStep | ScopeStep]) -> None:
         for step in steps:
             self.run.checkpoint()
             started = time.monotonic()
             try:
                 if isinstance(step, FolderStep):
                     self._apply_folder(step)
+                elif isinstance(step, ScopeStep):
+                    apply_scope(self.run, step)
                 else:
                     self._apply_file(step)
             except Exception as failure:  # noqa: BLE001 - one failed object must not end the job
                 log.exception("job %s: applying %s failed", self.run.job.id, step.url)
                 kind = "Folder" if isinstance(step, FolderStep) else "File"
+                if isinstance(step, ScopeStep):
+                    kind = step.object_type
                 self.run.object_error(kind, step.url, step.id, ERROR_INVALID_ARGUMENT,
                                       f"The object could not be saved: {failure}")
                 if isinstance(step, FileStep):
@@ -107,6 +113,8 @@ class Applier:
                 db.execute("DELETE FROM file_versions WHERE file_id = ?", (row["id"],))
                 db.execute("DELETE FROM files WHERE id = ?", (row["id"],))
                 db.execute("DELETE FROM item_ids WHERE object_id = ?", (row["id"],))
+                # A replaced file starts inheriting again, unless the package gives it a scope.
+                clear_unique_scope(db, row["id"])
 
             db.execute(
                 "INSERT INTO files (id, list_id, folder_id, url, name, length, item_id, int_id, version, "

@@ -271,8 +271,10 @@ class Planner:
 
     # entry point
 
-    def plan(self) -> list[FolderStep | FileStep]:
-        """Check every SPObject of the manifests and return the steps to apply, folders first.
+    def plan(self) -> list[Any]:
+        """Check every SPObject of the manifests and return the steps to apply.
+
+        Folders come first, then files, then the role assignment (unique permission) steps.
 
         Folders are planned parents first (by URL depth), so their order in the manifest does not
         matter. Raises JobFatal for problems that end the whole job.
@@ -289,6 +291,8 @@ class Planner:
         folders: list[XmlElement] = []
         files: list[XmlElement] = []
         items: list[XmlElement] = []
+        role_objects: list[XmlElement] = []
+        assignment_objects: list[XmlElement] = []
         for _name, spobject in objects:
             kind = spobject.get("ObjectType") or ""
             child = spobject.children[0] if spobject.children else None
@@ -305,8 +309,12 @@ class Planner:
                 files.append(spobject)
             elif kind == "SPListItem" and child is not None:
                 items.append(child)
+            elif kind == "DeploymentRoles":
+                role_objects.append(spobject)
+            elif kind == "DeploymentRoleAssignments":
+                assignment_objects.append(spobject)
             else:
-                # NOTE: content types, roles and role assignments are accepted but not applied.
+                # NOTE: content types are accepted but not applied.
                 self.run.count_objects(1)
         self._check_root_objects()
 
@@ -334,7 +342,11 @@ class Planner:
             if id(item) not in self.claimed_items:
                 self._unmatched_item(item)
         self._allocate_int_ids()
-        return [step for step in self.steps if not (isinstance(step, FileStep) and step.cancelled)]
+        planned = [step for step in self.steps if not (isinstance(step, FileStep) and step.cancelled)]
+        # Imported here: import_roles builds on this module's steps.
+        from spmt_tui.sandbox.import_roles import RolePlanner
+
+        return planned + RolePlanner(self).plan(role_objects, assignment_objects)
 
     # checks of the whole package
 

@@ -5,7 +5,9 @@
 - ProvisionMigrationContainers: two new containers in the tenant's Azurite account, each with a
   read+write service SAS over HTTPS, and a fresh AES-256 key that is returned once;
 - ProvisionMigrationQueue: a new queue with an add+read+update+process SAS, reusable by jobs;
-- CreateMigrationJob / CreateMigrationJobEncrypted: validate the call and queue a job;
+- CreateMigrationJob / CreateMigrationJobEncrypted: validate the call and queue a job. Containers
+  and a queue of the customer's own (in the tenant's account or in another account of the same
+  Azurite, see ``own_storage``) need SAS URIs with exactly the permissions Microsoft documents.
 - GetMigrationJobStatus, GetMigrationStatus, GetMigrationJobProgress, DeleteMigrationJob.
 
 Only site collection administrators and app principals may call them, as in SharePoint Online.
@@ -57,11 +59,14 @@ ACCESS_DENIED = "-2147024891, System.UnauthorizedAccessException"
 # Blob name used to probe a container SAS with a HEAD request; it never exists.
 SAS_PROBE_BLOB = "spmt-sandbox-sas-probe"
 
-# Permission letters a customer-owned container or queue SAS must grant (section "own
-# containers" of Microsoft's Migration API reference).
+# Permission letters a customer-owned container or queue SAS must grant, no more and no less
+# (CreateMigrationJob's parameter rules in Microsoft's Migration API reference).
 OWN_SOURCE_PERMISSIONS = frozenset("rl")
 OWN_MANIFEST_PERMISSIONS = frozenset("rlw")
 OWN_QUEUE_PERMISSIONS = frozenset("aru")
+PERMISSION_NAMES = {"r": "read", "a": "add", "c": "create", "w": "write", "d": "delete",
+                    "x": "delete version", "l": "list", "t": "tags", "u": "update", "p": "process",
+                    "m": "move", "e": "execute", "i": "set immutability policy", "y": "permanent delete"}
 
 VERBOSE_JSON = "application/json;odata=verbose;charset=utf-8"
 
@@ -189,8 +194,12 @@ def _same_host(left: str, right: str) -> bool:
     return left.lower() == right.lower() or (left.lower() in loopback and right.lower() in loopback)
 
 
-def parse_sas_uri(value: Any, *, endpoint: str, what: str) -> SasUri:
-    """Parse a SAS URI that must point into the tenant's storage ``endpoint``."""
+def parse_sas_uri(value: Any, *, endpoint: str, what: str, accounts: Any = ()) -> SasUri:
+    """Parse a SAS URI that must point into the tenant's storage ``endpoint``.
+
+    The URI may name the endpoint's account or one of ``accounts``, other accounts that the same
+    storage service (host and port) serves.
+    """
     if not isinstance(value, str) or not value.strip():
         raise MigrationRequestError(f"{what} is missing.")
     raw = value.strip()
@@ -200,16 +209,23 @@ def parse_sas_uri(value: Any, *, endpoint: str, what: str) -> SasUri:
     path = [segment for segment in parts.path.split("/") if segment]
     if parts.scheme != "https":
         raise MigrationRequestError(f"{what} must use https: {redact_sas(raw)}")
-    if not (_same_host(parts.hostname or "", host) and uri_port == port and path[:1] == [account]):
+    if not (_same_host(parts.hostname or "", host) and uri_port == port):
         raise MigrationRequestError(
-            f"{what} does not point into this tenant's storage account {endpoint}: {redact_sas(raw)}"
+            f"{what} does not point into this tenant's storage at {scheme}://{host}:{port}: "
+            f"{redact_sas(raw)}"
+        )
+    known = sorted({account, *accounts})
+    if path[:1] and path[0] not in known:
+        raise MigrationRequestError(
+            f"{what} names storage account {path[0]!r}, which this tenant's storage does not "
+            f"serve (accounts: {', '.join(known)}): {redact_sas(raw)}"
         )
     if len(path) != 2:
         raise MigrationRequestError(f"{what} must name exactly one container or queue: {redact_sas(raw)}")
     sas = dict(parse_qsl(parts.query, keep_blank_values=True))
     if "sig" not in sas:
         raise MigrationRequestError(f"{what} carries no SAS signature (sig): {redact_sas(raw)}")
-    return SasUri(raw, scheme, parts.hostname or host, uri_port, account, path[1], sas, parts.query)
+    return SasUri(raw, scheme, parts.hostname or host, uri_port, path[0], path[1], sas, parts.query)
 
 
 def _ssl_context(tenant: Any) -> ssl.SSLContext:
@@ -262,24 +278,32 @@ def check_expiry(uri: SasUri, what: str) -> None:
         )
 
 
-def check_own_permissions(uri: SasUri, required: frozenset[str], what: str) -> None:
-    """Require the permission letters Microsoft documents for customer-owned storage.
+def _permission_list(letters: frozenset[str]) -> str:
+    return ", ".join(f"{letter} ({PERMISSION_NAMES.get(letter, 'unknown')})" for letter in sorted(letters))
 
-    Extra letters are accepted with a log warning. The service's reference says it rejects them,
-    but the sandbox is lenient because the exact rejection is not documented.
+
+def check_own_permissions(uri: SasUri, required: frozenset[str], what: str) -> None:
+    """Require exactly the permission letters Microsoft documents for customer-owned storage.
+
+    The service rejects a missing permission and an extra one alike (an extra permission on the
+    queue keeps the job from posting). NOTE: the service's error code and text for this case
+    are not published; the message below is the sandbox's own.
     """
-    missing = required - uri.permissions
+    granted = uri.permissions
+    if granted == required:
+        return
+    problems = []
+    missing = required - granted
     if missing:
-        raise MigrationRequestError(
-            f"The SAS of {what} lacks permissions {''.join(sorted(missing))} (sp="
-            f"{uri.sas.get('sp', '')}); it needs {''.join(sorted(required))}."
-        )
-    extra = uri.permissions - required
+        problems.append(f"lacks permissions {_permission_list(missing)}")
+    extra = granted - required
     if extra:
-        log.warning(
-            "SAS of %s grants extra permissions %s beyond %s; accepted",
-            what, "".join(sorted(extra)), "".join(sorted(required)),
-        )
+        problems.append(f"grants permissions it must not: {_permission_list(extra)}")
+    raise MigrationRequestError(
+        f"The SAS of {what} (sp={uri.sas.get('sp', '')}) {' and '.join(problems)}. Storage of "
+        f"your own must grant exactly sp={''.join(sorted(required))}, "
+        f"that is {_permission_list(required)}."
+    )
 
 
 # -- handlers ---------------------------------------------------------------------------------
@@ -431,13 +455,14 @@ class MigrationApi:
             )
         key = _job_key(body) if encrypted else None
 
+        accounts = getattr(storage, "accounts", ())
         source = parse_sas_uri(
             param(body, "azureContainerSourceUri"), endpoint=storage.blob_url,
-            what="azureContainerSourceUri",
+            what="azureContainerSourceUri", accounts=accounts,
         )
         manifest = parse_sas_uri(
             param(body, "azureContainerManifestUri"), endpoint=storage.blob_url,
-            what="azureContainerManifestUri",
+            what="azureContainerManifestUri", accounts=accounts,
         )
         if source.resource == manifest.resource:
             raise MigrationRequestError(
@@ -448,7 +473,8 @@ class MigrationApi:
         queue_value = param(body, "azureQueueReportUri")
         queue = None
         if isinstance(queue_value, str) and queue_value.strip():
-            queue = parse_sas_uri(queue_value, endpoint=storage.queue_url, what="azureQueueReportUri")
+            queue = parse_sas_uri(queue_value, endpoint=storage.queue_url, what="azureQueueReportUri",
+                                  accounts=accounts)
 
         for uri, what, required in (
             (source, "azureContainerSourceUri", OWN_SOURCE_PERMISSIONS),
@@ -457,13 +483,14 @@ class MigrationApi:
             self._check_container(ctx, uri, what, required, key=key, method=method)
         if queue is not None:
             check_expiry(queue, "azureQueueReportUri")
-            if not self.jobs.queue_exists(queue.resource):
+            if queue.account != storage.name or not self.jobs.queue_exists(queue.resource):
                 check_own_permissions(queue, OWN_QUEUE_PERMISSIONS, "azureQueueReportUri")
 
         for uri, what in ((source, "azureContainerSourceUri"), (manifest, "azureContainerManifestUri")):
             await probe_sas(self.tenant, uri, queue=False, what=what)
         if queue is not None:
             await probe_sas(self.tenant, queue, queue=True, what="azureQueueReportUri")
+        self._route_customer_storage(source, manifest, queue)
 
         job = self.jobs.create_job(
             site_id=ctx.site.id,
@@ -485,6 +512,24 @@ class MigrationApi:
         )
         return ok(method, job.id)
 
+    def _route_customer_storage(self, source: SasUri, manifest: SasUri, queue: SasUri | None) -> None:
+        """Make the importer and the event publisher reach other accounts through the job's SAS."""
+        storage = self.tenant.storage
+        if not hasattr(storage, "register"):
+            return
+
+        def in_use(kind: str, name: str) -> bool:
+            if kind == "container":
+                return bool(self.jobs.active_jobs_using(name))
+            rows = self.jobs.store.query(
+                "SELECT 1 FROM migration_jobs WHERE state != 0 AND queue_name = ? LIMIT 1", (name,))
+            return bool(rows)
+
+        storage.prune(in_use)
+        for uri, kind in ((source, "container"), (manifest, "container"), (queue, "queue")):
+            if uri is not None and uri.account != storage.name:
+                storage.register(kind, uri.resource, uri.raw)
+
     def _check_container(
         self,
         ctx: RequestContext,
@@ -496,7 +541,8 @@ class MigrationApi:
         method: str,
     ) -> None:
         check_expiry(uri, what)
-        provisioned = self.jobs.container(uri.resource)
+        own_account = uri.account == self.tenant.storage.name
+        provisioned = self.jobs.container(uri.resource) if own_account else None
         if provisioned is None:
             check_own_permissions(uri, required, what)
         else:

@@ -20,6 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
+from spmt_tui.sandbox import lists as generic_lists
+from spmt_tui.sandbox import rest_roles
 from spmt_tui.sandbox.context import RequestContext, SiteHandler
 from spmt_tui.sandbox.store import Library, Site, SiteUser, TenantStore, now_text
 
@@ -203,6 +205,7 @@ class RestApi:
                     return sp_error(400, "-1, Microsoft.SharePoint.Client.InvalidClientQueryException",
                                     "the request body must be a JSON object")
         segments = split_segments(api_path)
+        ctx.extra["body"] = body
         try:
             if len(segments) >= 2 and segments[0].name.lower() == "site":
                 registered = self.methods.get(f"site/{segments[1].name.lower()}")
@@ -318,6 +321,8 @@ class RestApi:
             return self._ensure_user(ctx, {**body, **args})
         if member == "effectivebasepermissions":
             return odata_response(None, self._permissions(ctx.user))
+        if member == "roledefinitions":
+            return odata_response(None, rest_roles.role_definitions_json(self.store, site))
         if member == "lists":
             return await self._lists(request, ctx, args, tail, body)
         if member == "getfolderbyserverrelativeurl":
@@ -381,6 +386,7 @@ class RestApi:
             "Created": library.created,
             "RootFolder": {"__deferred": {"uri": uri + "/RootFolder"}},
         }
+        data.update(generic_lists.list_properties(self.store, library))
         if "rootfolder" in expand:
             data["RootFolder"] = self._root_folder_json(library)
         return data
@@ -436,12 +442,18 @@ class RestApi:
         title = str(body.get("Title") or "").strip()
         if not title:
             raise RestError(400, "-2146232832, Microsoft.SharePoint.SPException", "Title is required")
-        if int(body.get("BaseTemplate", 101)) != 101:
+        if int(body.get("BaseTemplate", 101)) not in (101, generic_lists.GENERIC_LIST):
             raise RestError(400, "-2146232832, Microsoft.SharePoint.SPException",
-                            "the sandbox creates document libraries only (BaseTemplate 101)")
+                            "the sandbox creates document libraries (BaseTemplate 101) and generic "
+                            "lists (BaseTemplate 100) only")
         if self.store.library_by_title(ctx.site.id, title) is not None:
             raise RestError(409, "-2130575342, Microsoft.SharePoint.SPException",
                             f"A list, survey, discussion board, or document library with the specified title '{title}' already exists in this Web site.")
+        if int(body.get("BaseTemplate", 101)) == generic_lists.GENERIC_LIST:
+            created = generic_lists.create_generic_list(self.store, ctx.site, title,
+                                                        hidden=bool(body.get("Hidden", False)))
+            log.info("created list %s in %s", title, ctx.site.url)
+            return odata_response(None, self._list_json(request, created, set()), status=201)
         url_name = re.sub(r"[^A-Za-z0-9 _-]", "", title) or "Library"
         library = self.store.create_library(ctx.site, title, url_name,
                                             versioning=bool(body.get("EnableVersioning", True)))
@@ -465,9 +477,30 @@ class RestApi:
             return odata_response(None, self._root_folder_json(library))
         if member == "effectivebasepermissions":
             return odata_response(None, self._permissions(ctx.user))
+        if library.base_template == generic_lists.GENERIC_LIST and member in ("items", "fields"):
+            return await self._generic_list_member(request, ctx, library, tail)
         if member == "items":
             return self._items(request, library)
         raise not_found(f"SP.List has no member {tail[0].name} in the sandbox")
+
+    async def _generic_list_member(
+        self, request: web.Request, ctx: RequestContext, library: Library, tail: list[Segment]
+    ) -> web.StreamResponse:
+        """Serve ``fields`` and ``items`` of a generic list (spmt_tui/sandbox/lists.py)."""
+        body: dict[str, Any] = ctx.extra.get("body") or {}
+        base = self._base(request, self.store_site(library.site_id))
+        can_write = ctx.user.is_site_admin
+        try:
+            if tail[0].name.lower() == "fields":
+                if len(tail) > 1:
+                    raise not_found(f"SP.FieldCollection has no member {tail[1].name} in the sandbox")
+                return await generic_lists.handle_fields(request, self.store, base, library, can_write, body)
+            if len(tail) > 1:
+                raise not_found(f"SP.ListItem has no member {tail[1].name} in the sandbox")
+            return await generic_lists.handle_items(request, self.store, base, library, tail[0].args,
+                                                    can_write, ctx.user.id, body)
+        except generic_lists.ListError as error:
+            raise RestError(error.status, error.code, error.message) from None
 
     def _items(self, request: web.Request, library: Library) -> web.Response:
         top = int(request.query.get("$top", "100"))
@@ -537,6 +570,8 @@ class RestApi:
         if member == "files":
             files = self.store.child_files(row["id"])
             return odata_response(None, {"results": [self._file_json(child, ctx.site) for child in files]})
+        if member == "listitemallfields":
+            return self._list_item(request, ctx, row, True, tail[1:])
         raise not_found(f"SP.Folder has no member {tail[0].name} in the sandbox")
 
     async def _file(
@@ -559,7 +594,19 @@ class RestApi:
         if member == "modifiedby":
             user = self.store.user_by_id(ctx.site.id, row["editor_id"])
             return odata_response(None, self._user_json(user) if user else None)
+        if member == "listitemallfields":
+            return self._list_item(request, ctx, row, False, tail[1:])
         raise not_found(f"SP.File has no member {tail[0].name} in the sandbox")
+
+    def _list_item(
+        self, request: web.Request, ctx: RequestContext, row: Any, is_folder: bool, tail: list[Segment]
+    ) -> web.Response:
+        """Serve a file's or folder's ``ListItemAllFields`` (spmt_tui/sandbox/rest_roles.py)."""
+        uri = f"{self._base(request, ctx.site)}/web/lists(guid'{row['list_id']}')/items({row['int_id']})"
+        data = rest_roles.list_item_member(request, self.store, ctx.site, row, is_folder, uri, tail)
+        if data is None:
+            raise not_found(f"SP.ListItem has no member {tail[0].name} in the sandbox")
+        return odata_response(None, data)
 
 
 def _server_relative(url: str) -> str:

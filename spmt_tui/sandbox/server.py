@@ -27,12 +27,25 @@ from spmt_tui.sandbox.ca import ensure_app_certificate, ensure_tls
 from spmt_tui.sandbox.context import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
-    StorageAccount,
     TenantSettings,
 )
-from spmt_tui.sandbox.faults import FAULT_KINDS, Faults, FaultSpecError, parse_fault_spec
+from spmt_tui.sandbox.faults import (
+    FAULT_KINDS,
+    STORAGE_KINDS,
+    Faults,
+    FaultSpecError,
+    parse_fault_spec,
+    wants_storage_proxy,
+)
+from spmt_tui.sandbox.storage_proxy import StorageFaultProxy
 from spmt_tui.sandbox.identity import AppRegistration, IdentityService, SandboxUser
 from spmt_tui.sandbox.importer import Importer
+from spmt_tui.sandbox.own_storage import (
+    CUSTOMER_ACCOUNT,
+    CUSTOMER_KEY_CONFIG,
+    RoutingStorageAccount,
+    new_account_key,
+)
 from spmt_tui.sandbox.rest import RestApi
 from spmt_tui.sandbox.store import TenantStore
 
@@ -62,12 +75,17 @@ def _load_or_create_config(data_dir: Path) -> dict[str, Any]:
     """Return the tenant's fixed identities (ids, users, passwords), created on the first start."""
     path = data_dir / "tenant-config.json"
     if path.exists():
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
+        if CUSTOMER_KEY_CONFIG not in config:  # a data folder from before the customer account
+            config[CUSTOMER_KEY_CONFIG] = new_account_key()
+            _write_private_json(path, config)
+        return config
     config = {
         "tenant_id": str(uuid.uuid4()),
         "public_client_id": str(uuid.uuid4()),
         "app_client_id": str(uuid.uuid4()),
         "admin_key": secrets.token_urlsafe(24),
+        CUSTOMER_KEY_CONFIG: new_account_key(),
         "users": [
             {"username": "admin@sandbox.example", "password": secrets.token_urlsafe(12),
              "display_name": "Sandbox Admin", "object_id": str(uuid.uuid4()), "site_admin": True},
@@ -134,10 +152,23 @@ class Tenant:
                 location=self.data_dir / "azurite",
                 cert=self.tls.server_cert,
                 key=self.tls.server_key,
+                accounts={AZURITE_ACCOUNT: AZURITE_KEY,
+                          CUSTOMER_ACCOUNT: self.config[CUSTOMER_KEY_CONFIG]},
             )
             blob_url, queue_url = self.azurite.blob_url, self.azurite.queue_url
-        self.storage = StorageAccount(AZURITE_ACCOUNT, AZURITE_KEY, blob_url, queue_url,
-                                      self.tls.ca_cert)
+        # With storage faults, every storage URL (and so every SAS URI handed out) names the proxy.
+        self.storage_proxy: StorageFaultProxy | None = None
+        if wants_storage_proxy(options.faults):
+            self.storage_proxy = StorageFaultProxy(self.faults, blob_url, queue_url,
+                                                   server_ssl=self.tls.server_context(),
+                                                   ca_bundle=self.tls.ca_cert)
+            blob_url, queue_url = self.storage_proxy.blob_url, self.storage_proxy.queue_url
+        # The sandbox cannot add accounts to an Azurite given with --azurite-url, so the customer
+        # account exists only when the sandbox starts Azurite itself.
+        self.storage = RoutingStorageAccount(
+            AZURITE_ACCOUNT, AZURITE_KEY, blob_url, queue_url, self.tls.ca_cert,
+            account_keys={CUSTOMER_ACCOUNT: self.config[CUSTOMER_KEY_CONFIG]}
+            if self.azurite is not None else {})
         self.rest = RestApi(self)
         migration.register(self.rest, self)
         self.importer = Importer(self)
@@ -206,9 +237,21 @@ class Tenant:
                 "admin_key": self.config["admin_key"],
                 "azurite_blob": self.storage.blob_url,
                 "azurite_queue": self.storage.queue_url,
+                **self._customer_storage(),
                 "data_dir": str(self.data_dir),
             },
         }
+
+    def _customer_storage(self) -> dict[str, Any]:
+        """Return the ``customer_storage`` profile entry: a storage account for custom storage."""
+        if self.azurite is None:
+            return {}
+        # Same host and port as the tenant's own account (Azurite, or the fault proxy before it).
+        blob = f"{self.storage.blob_url.rsplit('/', 1)[0]}/{CUSTOMER_ACCOUNT}"
+        queue = f"{self.storage.queue_url.rsplit('/', 1)[0]}/{CUSTOMER_ACCOUNT}"
+        return {"customer_storage": {"account": CUSTOMER_ACCOUNT,
+                                     "key": self.config[CUSTOMER_KEY_CONFIG],
+                                     "blob_endpoint": blob, "queue_endpoint": queue}}
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 2**20)
@@ -237,6 +280,10 @@ class Tenant:
                 for kind in rates:
                     if kind not in FAULT_KINDS:
                         raise FaultSpecError(f"unknown fault kind {kind!r}")
+                    if kind in STORAGE_KINDS and self.storage_proxy is None:
+                        raise FaultSpecError(
+                            f"fault kind {kind!r} needs the storage proxy: start the sandbox with "
+                            f"a storage kind in --faults, e.g. --faults {kind}=0")
             except (FaultSpecError, ValueError) as error:
                 return web.json_response({"error": str(error)}, status=400)
             self.faults.set_rates(rates)
@@ -278,6 +325,8 @@ class Tenant:
                                "there or choose another --port")
         if self.azurite is not None:
             await self.azurite.start()
+        if self.storage_proxy is not None:
+            await self.storage_proxy.start()
         runner = web.AppRunner(self.build_app(), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", self.options.port,
@@ -290,6 +339,8 @@ class Tenant:
     async def stop(self, runner: web.AppRunner) -> None:
         await self.importer.stop()
         await runner.cleanup()
+        if self.storage_proxy is not None:
+            await self.storage_proxy.stop()
         if self.azurite is not None:
             self.azurite.stop()
         self.store.close()

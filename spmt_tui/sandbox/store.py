@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from spmt_tui.sandbox.roles import ROLES_SCHEMA
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
     id TEXT PRIMARY KEY,              -- site collection id
@@ -172,6 +174,7 @@ class TenantStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._db.executescript(ROLES_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -350,7 +353,7 @@ class TenantStore:
     def wipe(self) -> None:
         """Delete every file, folder and library content (used by tests that reset the tenant)."""
         with self.transaction() as db:
-            for table in ("files", "file_versions", "item_ids"):
+            for table in ("files", "file_versions", "item_ids", "unique_scopes", "role_assignments"):
                 db.execute(f"DELETE FROM {table}")
             db.execute("DELETE FROM folders WHERE parent_id IS NOT NULL")
         shutil.rmtree(self.content_dir, ignore_errors=True)

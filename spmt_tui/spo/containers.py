@@ -25,11 +25,21 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from spmt_tui.logs import redact
+from spmt_tui.proxy import proxy_for_url
 from spmt_tui.spo.http import USER_AGENT, ssl_context
 
 log = logging.getLogger("spmt.spo.containers")
 
 BLOCK_SIZE = 4 * 2**20
+
+# Retries of one storage request (503 ServerBusy, 500 OperationTimedOut, a dropped connection).
+# The async clients of azure-storage-blob 12.31 and azure-storage-queue 12.18 build their
+# ExponentialRetry from these keyword arguments. It waits initial_backoff + increment_base ** n
+# seconds (+-3 s jitter) before retry n. With its defaults (15, 3, 3 retries: about 18, 24 and
+# 42 s) every brief fault costs 15 s or more. These values wait about 4, 10, 28, 82 and 244 s, so
+# a brief fault costs seconds and an outage of about six minutes is ridden through before the
+# engine uploads the whole blob again.
+STORAGE_RETRY = {"initial_backoff": 1, "increment_base": 3, "retry_total": 5}
 
 
 class ContainerExpired(Exception):
@@ -41,12 +51,13 @@ class StorageTransport:
 
     TLS verification uses the connector's context; passing a CA path per request to the Azure
     SDK instead would build a new SSL context for every request and defeat connection reuse.
+    The session ignores proxy variables; each client gets its proxy from ``proxy_for_url``.
     """
 
     def __init__(self, ca_bundle: str | None, *, limit: int = 64) -> None:
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ssl_context(ca_bundle), limit=limit),
-            trust_env=True,
+            trust_env=False,
         )
 
     def _transport(self) -> AioHttpTransport:
@@ -56,13 +67,21 @@ class StorageTransport:
         return ContainerClient.from_container_url(
             sas_uri, transport=self._transport(), user_agent=USER_AGENT,
             max_single_put_size=BLOCK_SIZE, max_block_size=BLOCK_SIZE,
+            **STORAGE_RETRY, **_proxies(sas_uri),
         )
 
     def queue(self, sas_uri: str) -> QueueClient:
-        return QueueClient.from_queue_url(sas_uri, transport=self._transport(), user_agent=USER_AGENT)
+        return QueueClient.from_queue_url(sas_uri, transport=self._transport(), user_agent=USER_AGENT,
+                                          **STORAGE_RETRY, **_proxies(sas_uri))
 
     async def close(self) -> None:
         await self.session.close()
+
+
+def _proxies(uri: str) -> dict[str, Any]:
+    """Return the Azure SDK's ``proxies`` argument for a storage URI (none when direct)."""
+    proxy = proxy_for_url(uri)
+    return {"proxies": {"https": proxy, "http": proxy}} if proxy else {}
 
 
 def _is_expired(error: HttpResponseError) -> bool:
@@ -198,7 +217,13 @@ async def receive_events(
             event = decode_queue_message(text, keys.get(str(job_hint).lower()) if job_hint else None)
             if event is not None:
                 events.append(event)
-            await queue.delete_message(message)
+            try:
+                await queue.delete_message(message)
+            except ResourceNotFoundError as error:
+                if (error.error_code or "") != "MessageNotFound":
+                    raise
+                # An earlier try deleted it and its response was lost, so the SDK retried.
+                log.debug("queue message %s was already deleted", message.id)
             if len(events) >= max_messages:
                 break
     except ResourceNotFoundError:

@@ -21,6 +21,7 @@ import aiohttp
 
 from spmt_tui import __version__
 from spmt_tui.logs import redact
+from spmt_tui.proxy import proxy_for_url
 
 log = logging.getLogger("spmt.spo.http")
 
@@ -37,12 +38,16 @@ def ssl_context(ca_bundle: str | Path | None) -> ssl.SSLContext:
 
 
 def new_session(ca_bundle: str | Path | None, *, limit: int = 64) -> aiohttp.ClientSession:
-    """Create an aiohttp session with TLS verification, proxies from the environment, and the UA."""
+    """Create an aiohttp session with TLS verification and the UA.
+
+    The session does not read proxies from the environment: ``SharePointHttp`` passes each
+    request's proxy from ``proxy_for_url``, which keeps loopback traffic off a remote proxy.
+    """
     connector = aiohttp.TCPConnector(ssl=ssl_context(ca_bundle), limit=limit)
     return aiohttp.ClientSession(
         connector=connector,
         headers={"User-Agent": USER_AGENT},
-        trust_env=True,
+        trust_env=False,
         timeout=aiohttp.ClientTimeout(total=300, sock_connect=30),
     )
 
@@ -126,21 +131,28 @@ class SharePointHttp:
         json_body: Any = None,
         retry_500: bool = True,
         expect_json: bool = True,
+        headers: dict[str, str] | None = None,
     ) -> JsonResponse:
-        """Send one call, retrying throttling and transient failures per the policy."""
+        """Send one call, retrying throttling and transient failures per the policy.
+
+        ``headers`` are added to each attempt, for example ``IF-MATCH`` and ``X-HTTP-Method``.
+        """
+        extra_headers = dict(headers or {})
         attempt = 0
         waited = 0.0
         while True:
             attempt += 1
             token = await self.token_source()
             headers = {
+                **extra_headers,
                 "Authorization": f"Bearer {token}",
                 "Accept": "application/json;odata=verbose",
             }
             if json_body is not None:
                 headers["Content-Type"] = "application/json;odata=verbose"
             try:
-                async with self.session.request(method, url, json=json_body, headers=headers) as response:
+                async with self.session.request(method, url, json=json_body, headers=headers,
+                                                proxy=proxy_for_url(url)) as response:
                     if response.status in RETRY_STATUSES:
                         delay = throttle_delay(response.headers, self.policy.backoff(attempt))
                         self._count_throttle(delay, response.status)

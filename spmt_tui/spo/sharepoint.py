@@ -189,6 +189,67 @@ class SharePointClient:
         return [FolderInfo(item["UniqueId"], item["Name"], item["ServerRelativeUrl"])
                 for item in _results(data)]
 
+    # -- generic lists and their items -----------------------------------------------------------
+
+    async def list_by_title(self, title: str) -> dict[str, Any] | None:
+        """Return a list's SP.List properties, or None when the site has no list with that title."""
+        try:
+            return _unwrap(await self._get(f"web/lists/getbytitle('{odata_string(title)}')"))
+        except HttpError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def create_generic_list(self, title: str, *, hidden: bool, description: str = "") -> dict[str, Any]:
+        """Create a generic list (BaseTemplate 100); ``hidden`` keeps it out of the site's navigation."""
+        body = {"__metadata": {"type": "SP.List"}, "Title": title, "BaseTemplate": 100,
+                "Hidden": hidden, "Description": description}
+        return _unwrap(await self._post("web/lists", body, retry_500=False))
+
+    async def list_field_names(self, list_title: str) -> set[str]:
+        """Return the internal names of a list's fields."""
+        data = await self._get(f"web/lists/getbytitle('{odata_string(list_title)}')/fields")
+        return {str(item.get("InternalName", "")) for item in _results(data)}
+
+    async def create_field(self, list_title: str, field_title: str, kind: int) -> None:
+        """Add a field of SP.FieldType ``kind`` (2 text, 3 note, 4 date and time, 9 number)."""
+        body = {"__metadata": {"type": "SP.Field"}, "Title": field_title, "FieldTypeKind": kind}
+        await self._post(f"web/lists/getbytitle('{odata_string(list_title)}')/fields", body, retry_500=False)
+
+    async def list_items(
+        self, list_title: str, *, filter: str | None = None, select: tuple[str, ...] = (), top: int = 100
+    ) -> list[dict[str, Any]]:
+        """Return every item that matches ``filter``, following the service's next-page links."""
+        query = [("$top", str(top))]
+        if filter:
+            query.append(("$filter", filter))
+        if select:
+            query.append(("$select", ",".join(select)))
+        url: str | None = (f"{self.api}/web/lists/getbytitle('{odata_string(list_title)}')/items?"
+                           + urllib.parse.urlencode(query, quote_via=urllib.parse.quote))
+        items: list[dict[str, Any]] = []
+        while url:
+            data = (await self.http.request("GET", url)).data
+            items.extend(_results(data))
+            url = _next_link(data)
+        return items
+
+    async def add_list_item(self, list_title: str, entity_type: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Add an item; ``entity_type`` is the list's ListItemEntityTypeFullName."""
+        body = {"__metadata": {"type": entity_type}, **values}
+        # A 500 may mean the item was added; retrying could add it twice.
+        return _unwrap(await self._post(f"web/lists/getbytitle('{odata_string(list_title)}')/items", body,
+                                        retry_500=False))
+
+    async def update_list_item(
+        self, list_title: str, item_id: int, entity_type: str, values: dict[str, Any], *, etag: str = "*"
+    ) -> None:
+        """Merge ``values`` into an item; ``etag`` "*" overwrites whatever version is stored."""
+        url = f"{self.api}/web/lists/getbytitle('{odata_string(list_title)}')/items({int(item_id)})"
+        body = {"__metadata": {"type": entity_type}, **values}
+        await self.http.request("POST", url, json_body=body,
+                                headers={"IF-MATCH": etag, "X-HTTP-Method": "MERGE"})
+
     # -- Migration API ---------------------------------------------------------------------------
 
     async def provision_containers(self) -> ProvisionedContainers:
@@ -252,6 +313,17 @@ class SharePointClient:
     async def delete_job(self, job_id: str) -> bool:
         data = _unwrap(await self._post("site/DeleteMigrationJob", {"id": job_id}), "DeleteMigrationJob")
         return bool(data)
+
+
+def _next_link(data: Any) -> str | None:
+    """Return the next page's URL: ``d.__next`` (verbose) or ``odata.nextLink`` (minimal metadata)."""
+    if not isinstance(data, dict):
+        return None
+    value = data.get("d")
+    if isinstance(value, dict) and value.get("__next"):
+        return str(value["__next"])
+    link = data.get("odata.nextLink") or data.get("@odata.nextLink")
+    return str(link) if link else None
 
 
 def _user(data: dict[str, Any]) -> UserInfo:

@@ -349,7 +349,12 @@ class _Queries:
             parameters.append(_like_pattern(search))
         conditions.append("id > ?")
         parameters.append(after_id)
-        sql = (f"SELECT {_ITEM_COLUMNS} FROM items WHERE {' AND '.join(conditions)} "
+        # Without a status filter, walk the table in id order from after_id. Otherwise SQLite
+        # picks items_by_status for task_id and round, then collects and sorts every row of the
+        # round for each page. Reading a round that way is quadratic in its size: 80 ms per
+        # 1,000-row page of a 100,000-item round, against 9 ms in id order.
+        table = "items" if status is not None else "items NOT INDEXED"
+        sql = (f"SELECT {_ITEM_COLUMNS} FROM {table} WHERE {' AND '.join(conditions)} "
                "ORDER BY id LIMIT ?")
         parameters.append(limit)
         with self._lock:
@@ -423,6 +428,29 @@ class _Queries:
                 (task_id,),
             ).fetchall()
         return [row[0] for row in rows]
+
+    def items_not_in_source(self, task_id: int, round_number: int, *, after_path: str = "",
+                            limit: int = 1000) -> list[ItemRow]:
+        """Items an earlier round left in the destination that round ``round_number`` did not scan.
+
+        Each row is the item's latest record before that round, when it ended migrated or
+        skipped as unchanged or older than the destination. Deletions and moves at the source
+        are never propagated, so the reports list these rows as copies kept in the destination.
+        Rows come in path order, ``limit`` at a time: pass the last path as ``after_path``.
+        """
+        with self._lock:
+            rows = self._connection.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items AS prev WHERE prev.task_id = ? AND prev.round < ? "
+                "AND prev.path > ? "
+                "AND (prev.status = 'migrated' OR prev.code IN ('UNCHANGED', 'DESTINATION_NEWER')) "
+                "AND prev.round = (SELECT max(p2.round) FROM items AS p2 WHERE p2.task_id = prev.task_id "
+                "                  AND p2.path = prev.path AND p2.round < ?) "
+                "AND NOT EXISTS (SELECT 1 FROM items AS cur WHERE cur.task_id = prev.task_id "
+                "                AND cur.round = ? AND cur.path = prev.path) "
+                "ORDER BY prev.path LIMIT ?",
+                (task_id, round_number, after_path, round_number, round_number, limit),
+            ).fetchall()
+        return [_row_to_item(row) for row in rows]
 
     def item_breakdown(self, task_id: int, round_number: int) -> list[dict[str, Any]]:
         """Return item counts and bytes of one task and round, grouped for reports.
@@ -733,29 +761,22 @@ class SessionStore(_Queries):
         scanner produces them. A path already recorded in this round is updated in place, so a
         folder reported again as unreadable keeps its row.
         """
-        rows = []
+        now = time.time()
+        values = []
         for item, result, destination in records:
             outcome = getattr(result.outcome, "value", result.outcome)
-            rows.append(NewItem(
-                path=item.relative_path,
-                kind="folder" if item.is_folder else "file",
-                size=item.size,
-                created=item.created_ts,
-                modified=item.modified_ts,
-                hidden=bool(item.hidden),
-                status=_RULE_STATUS[outcome],
-                category=result.category,
-                code=result.code,
-                message=result.message or None,
-                new_name=result.new_name,
-                destination=destination,
+            # Tuples in the column order of add_items, because building a NewItem per row took
+            # about 6 % of a 100,000-item scan-only session (py-spy).
+            values.append((
+                task_id, round_number, item.relative_path, "folder" if item.is_folder else "file",
+                item.size, item.created_ts, item.modified_ts, int(bool(item.hidden)),
+                _RULE_STATUS[outcome], result.category, result.code, result.message or None,
+                result.new_name, destination, now, now,
             ))
-        return self.add_items(task_id, round_number, rows)
+        return self._add_values(task_id, round_number, values)
 
     def add_items(self, task_id: int, round_number: int, items: Sequence[NewItem]) -> list[int]:
         """Insert or update items of one round in one transaction; returns their row ids."""
-        if not items:
-            return []
         now = time.time()
         values = [
             (task_id, round_number, item.path, item.kind, item.size, item.created, item.modified,
@@ -763,6 +784,12 @@ class SessionStore(_Queries):
              item.destination, now, now)
             for item in items
         ]
+        return self._add_values(task_id, round_number, values)
+
+    def _add_values(self, task_id: int, round_number: int, values: list[tuple[Any, ...]]) -> list[int]:
+        """Insert or update rows in ``items`` column order (see add_items); returns their ids."""
+        if not values:
+            return []
         key = (task_id, round_number)
         with self._transaction() as connection:
             self._maybe_heartbeat(connection)
@@ -772,10 +799,10 @@ class SessionStore(_Queries):
                 ).fetchone()
                 if used is None:
                     self._fresh_rounds.add(key)
-            if key in self._fresh_rounds and len({item.path for item in items}) == len(items):
+            if key in self._fresh_rounds and len({row[2] for row in values}) == len(values):
                 ids = self._insert_new(connection, values)
                 if ids is not None:
-                    _count_inserted(connection, task_id, round_number, items)
+                    _count_inserted(connection, task_id, round_number, values)
                     return ids
             return [self._upsert(connection, row) for row in values]
 
@@ -1094,13 +1121,16 @@ def _add_count(connection: sqlite3.Connection, task_id: int, round_number: int, 
 
 
 def _count_inserted(connection: sqlite3.Connection, task_id: int, round_number: int,
-                    items: Sequence[NewItem]) -> None:
-    """Add newly inserted items to the status counters, one statement per (status, kind)."""
+                    values: Sequence[tuple[Any, ...]]) -> None:
+    """Add newly inserted rows (add_items column order) to the status counters.
+
+    One statement per (status, kind).
+    """
     totals: dict[tuple[str, str], list[int]] = {}
-    for item in items:
-        entry = totals.setdefault((item.status, item.kind), [0, 0])
+    for row in values:
+        entry = totals.setdefault((row[8], row[3]), [0, 0])
         entry[0] += 1
-        entry[1] += item.size
+        entry[1] += row[4]
     for (status, kind), (count, size) in totals.items():
         _add_count(connection, task_id, round_number, status, kind, count, size)
 

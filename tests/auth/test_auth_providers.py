@@ -248,10 +248,11 @@ async def test_tls_verification_stays_on(sandbox: Sandbox) -> None:
 async def test_ca_bundle_wins_over_environment(
     sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # REQUESTS_CA_BUNDLE names a bundle without the sandbox CA, and HTTPS_PROXY names a closed
-    # port. The per-request CA bundle and the loopback proxy bypass still let sign-in work.
+    # REQUESTS_CA_BUNDLE names a bundle without the sandbox CA, and HTTPS_PROXY names a proxy on
+    # another machine (a reserved .invalid name, never contacted). The per-request CA bundle and
+    # the bypass of remote proxies for loopback hosts still let sign-in work.
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", requests.certs.where())
-    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
     provider = UsernamePasswordProvider(sandbox.user_settings(), sandbox.user.username, sandbox.user.password)

@@ -82,6 +82,7 @@ def test_quickxorhash_copy_is_independent() -> None:
     assert clone.digest() == QuickXorHash(b"abcdef").digest()
 
 
+# CASE-22: decrypt(encrypt(x)) == x; MD5 of the stored bytes
 @pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 1024, 5 * 2**20 + 3])
 def test_encryptor_round_trip_and_checksums(size: int) -> None:
     data = os.urandom(size)
@@ -100,6 +101,7 @@ def test_encryptor_round_trip_and_checksums(size: int) -> None:
     assert encryptor.iv_base64 == base64.b64encode(iv).decode()
 
 
+# CASE-09: empty input encrypts to one 16-byte block
 def test_empty_file_encrypts_to_one_block() -> None:
     assert encrypted_size(0) == 16
     assert len(encrypt_blob(KEY, new_iv(), b"")) == 16
@@ -110,6 +112,7 @@ def test_encrypted_size_adds_full_block_on_boundary() -> None:
     assert encrypted_size(15) == 16
 
 
+# CASE-22: IVs are random and never repeat
 def test_fresh_ivs_differ() -> None:
     ivs = {new_iv() for _ in range(100)}
     assert len(ivs) == 100

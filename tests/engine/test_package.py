@@ -148,6 +148,7 @@ def test_manifest_content(schemas: dict[str, object]) -> None:
     assert odd.get("Name") == "top & <odd>.txt"
 
 
+# CASE-09: the manifest records size 0
 def test_empty_file_recorded_with_size_zero() -> None:
     files = build_package(TARGET, sample_items(), USERS)
     root = ET.fromstring(files["Manifest.xml"])
@@ -189,6 +190,7 @@ def test_root_web_urls(schemas: dict[str, object]) -> None:
     assert all(url.startswith("/") and "//" not in url for url in urls)
 
 
+# CASE-22: the attributes we write are the ones the XSD declares
 def test_declared_attribute_table_matches_xsd(schemas: dict[str, object]) -> None:
     xs = "{http://www.w3.org/2001/XMLSchema}"
     tree = lxml_etree.parse(str(XSD_DIR / "DeploymentManifest.xsd"))
@@ -204,6 +206,7 @@ def test_declared_attribute_table_matches_xsd(schemas: dict[str, object]) -> Non
     assert pkg.DECLARED_ATTRIBUTES["DocumentLibrary"] == attributes_of("SPList") | attributes_of("SPDocumentLibrary")
 
 
+# CASE-22: an undeclared manifest attribute is rejected at package time, named
 @pytest.mark.parametrize("element", ["SPObject", "Folder", "DocumentLibrary"])
 def test_undeclared_attribute_rejected(element: str, schemas: dict[str, object]) -> None:
     files = build_package(TARGET, sample_items(), USERS)

@@ -114,6 +114,7 @@ def test_layout_and_headers(session: tuple[SessionStore, Path]) -> None:
     assert len(csv_reports.FAILURE_SUMMARY_COLUMNS) == 15
 
 
+# CASE-21: one row per item
 def test_every_item_accounted_for(session: tuple[SessionStore, Path]) -> None:
     store, report_dir = session
     write_reports(store, report_dir, device_name="host1")
@@ -150,6 +151,7 @@ def test_failure_report_lists_only_failed(session: tuple[SessionStore, Path]) ->
     assert {row[9] for row in failures} == {"0x01110010", "0x0111000B"}
 
 
+# CASE-21: scanned = migrated + skipped + failed + pending
 def test_summary_json_adds_up(session: tuple[SessionStore, Path]) -> None:
     store, report_dir = session
     write_reports(store, report_dir, device_name="host1")
@@ -231,6 +233,7 @@ def test_user_not_mapped_hook(tmp_path: Path) -> None:
     assert read_csv(path)[1] == ["DOMAIN\\bob", "not found in the mapping file", "3"]
 
 
+# CASE-21: every scan code has an entry in ERROR_CODES
 def test_every_rules_code_has_description() -> None:
     codes = [value for name, value in vars(rules).items() if name.startswith("CODE_")]
     assert codes

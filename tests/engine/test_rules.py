@@ -485,3 +485,60 @@ def test_unreadable_folder_blocks_children() -> None:
     result = scan.record_unreadable_folder(("locked",), "PermissionError: Permission denied")
     assert result.code == "0x01110003"
     assert "Permission denied" in result.message
+
+
+# -- per-row checking of a listing that fails the whole-listing test ---------------------------
+
+
+class _EveryRowRules(ScanRules):
+    """ScanRules that checks every row of a suspect listing one by one (the reference)."""
+
+    def _rows_to_check(self, state, listing):  # type: ignore[no-untyped-def]
+        return None
+
+
+_ODD_NAMES = [
+    "a.txt", "A.TXT", "b.txt ", " lead.txt", ".hidden", "con.txt", "CON", "x.tmp", "y.TMP",
+    "dir.tmp", "forms", "Forms", "_vti_x", "a_files", "A_Files", "q:colon.txt", "p|ipe",
+    "~$owner.docx", "ends.", "desktop.ini", ".lock", "é.txt", "É.TXT", "ſ.txt", "İ.txt",
+    "a_b.txt", "a:b.txt", "x" * 380, "y" * 380 + ".tmp",
+]
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_row_subset_matches_every_row_check(seed: int) -> None:
+    import random
+
+    generator = random.Random(seed)
+    pool = _ODD_NAMES + [f"plain{number}.doc" for number in range(40)] + ["Plain1.DOC", "plain2.doc.tmp"]
+    names = generator.sample(pool, generator.randint(1, 40))
+    children = []
+    for name in names:
+        roll = generator.random()
+        created_ts: float | None = WHEN_TS
+        if 0.03 <= roll < 0.05:
+            created_ts = None
+        elif roll > 0.95:
+            created_ts = WHEN_TS - 10**9  # before the created_after filter
+        children.append(Entry(
+            name,
+            is_folder=generator.random() < 0.3,
+            size=MAX_FILE_SIZE + 1 if roll < 0.03 else 10,
+            created_ts=created_ts,
+            modified_ts=WHEN_TS,
+            hidden=name.startswith(".") or 0.05 <= roll < 0.08,
+            symlink=0.08 <= roll < 0.1,
+        ))
+    settings = ScanSettings(
+        include_hidden=generator.random() < 0.5,
+        created_after=WHEN - timedelta(days=1) if generator.random() < 0.5 else None,
+        skipped_extensions=frozenset({"tmp"}) if generator.random() < 0.5 else frozenset(),
+        replacement_char="_" if generator.random() < 0.5 else None,
+    )
+    fast = ScanRules(LIBRARY, settings)
+    reference = _EveryRowRules(LIBRARY, settings)
+
+    assert fast.evaluate_directory((), children) == reference.evaluate_directory((), children)
+    for child in children:
+        if child.is_folder:
+            assert fast.folder_state((child.name,)) == reference.folder_state((child.name,)), child.name

@@ -76,6 +76,7 @@ def test_runs_group_siblings(tmp_path: Path) -> None:
     assert runs == [((), 4), (("a",), 2), (("b",), 1)]
 
 
+# CASE-21: symbolic links are reported, not followed
 def test_symlinks_not_followed(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "real" / "f.txt").write_bytes(b"f")
@@ -133,6 +134,7 @@ def test_unreadable_folder_recorded_not_raised(tmp_path: Path, monkeypatch: pyte
     assert results[[item.relative_path for item in items].index("locked", 5)].code == "0x01110003"
 
 
+# CASE-16: an unreadable folder is recorded, not raised
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
 def test_unreadable_folder_real_permissions(tmp_path: Path) -> None:
     (tmp_path / "locked").mkdir()
@@ -145,6 +147,7 @@ def test_unreadable_folder_real_permissions(tmp_path: Path) -> None:
     assert any(item.error for item in items)
 
 
+# CASE-01: the walk is iterative
 def test_deep_tree_does_not_recurse(tmp_path: Path) -> None:
     folder = tmp_path
     for _ in range(250):

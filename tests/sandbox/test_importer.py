@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 from lxml import etree
 
 try:
@@ -191,6 +192,7 @@ async def test_overwrite_by_same_url(tmp_path: Path, storage_env: kit.StorageEnv
 # -- fatal errors -----------------------------------------------------------------------------
 
 
+# CASE-22: the service side refuses an undeclared attribute
 async def test_undeclared_attribute_fatal(tmp_path: Path, storage_env: kit.StorageEnv) -> None:
     async with kit.sandbox_env(tmp_path, storage_env) as env:
         builder = kit.PackageBuilder(env.site, env.library)
@@ -278,6 +280,7 @@ async def test_blob_without_snapshot_error(tmp_path: Path, storage_env: kit.Stor
         assert "unsnapped.txt" in error_log
 
 
+# CASE-22: the service side checks MD5Hash against the stored bytes
 async def test_hash_mismatches_error(tmp_path: Path, storage_env: kit.StorageEnv) -> None:
     async with kit.sandbox_env(tmp_path, storage_env) as env:
         builder = kit.PackageBuilder(env.site, env.library)
@@ -336,6 +339,7 @@ async def test_invalid_names_error(tmp_path: Path, storage_env: kit.StorageEnv) 
         assert end_event(events)["FilesCreated"] == "1"
 
 
+# CASE-03: the service side blocks a package with more than 100 errors
 async def test_too_many_errors_block_package(tmp_path: Path, storage_env: kit.StorageEnv) -> None:
     async with kit.sandbox_env(tmp_path, storage_env, progress_every=50) as env:
         limit = env.tenant.settings.max_errors_per_package
@@ -382,7 +386,13 @@ async def test_unencrypted_own_containers_import(tmp_path: Path, storage_env: ki
         source = kit.own_container_uri(env, "rwl")
         manifest = kit.own_container_uri(env, "rwl")
         await asyncio.to_thread(kit.upload_package, builder, builder.xml_files(), source, manifest, None, env.ca)
-        status, body = await env.call("CreateMigrationJob", kit.job_body(env, source, manifest))
+        # The job gets the source container with read and list only, as the service requires.
+        container_url = source.split("?")[0]
+        read_list = container_url + "?" + generate_container_sas(
+            env.tenant.storage.name, container_url.rsplit("/", 1)[1],
+            account_key=env.tenant.storage.key, permission=ContainerSasPermissions(read=True, list=True),
+            expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1), protocol="https")
+        status, body = await env.call("CreateMigrationJob", kit.job_body(env, read_list, manifest))
         assert status == 200, body
         events, _tokens = await kit.wait_for_end(env, body["d"]["CreateMigrationJob"])
         assert end_event(events)["FilesCreated"] == "1"
@@ -502,12 +512,14 @@ def test_schema_wrong_root_for_file() -> None:
     assert "is not declared" in failure.value.message
 
 
+# CASE-01: the service side accepts 400 and refuses 401
 def test_path_length_boundary() -> None:
     base = "/sites/s1/Shared Documents/"
     assert rules.check_path(base + "a" * (400 - len(base))) is None
     assert rules.check_path(base + "a" * (401 - len(base))) is not None
 
 
+# CASE-03, CASE-04, CASE-06, CASE-07: the service side's own name rules
 @pytest.mark.parametrize(
     ("name", "is_folder", "valid"),
     [
@@ -528,6 +540,7 @@ def test_forms_folder_at_library_root() -> None:
     assert rules.check_name("Forms", is_folder=True, at_library_root=False) is None
 
 
+# CASE-11: the service side's size limit
 def test_size_limit_boundary() -> None:
     assert rules.check_size(rules.MAX_FILE_SIZE) is None
     assert rules.check_size(rules.MAX_FILE_SIZE + 1) is not None

@@ -33,6 +33,7 @@ def error_text(body: dict) -> str:
     return body["error"]["message"]["value"]
 
 
+# CASE-22: container SAS grants read and write, no list
 async def test_provision_containers_shape(tmp_path: Path, storage_env: kit.StorageEnv) -> None:
     async with kit.sandbox_env(tmp_path, storage_env, start_importer=False) as env:
         status, body = await env.call("ProvisionMigrationContainers")
@@ -100,6 +101,7 @@ async def test_same_container_twice_rejected(tmp_path: Path, storage_env: kit.St
         assert "same container" in error_text(body)
 
 
+# CASE-22: an expired container SAS is refused
 async def test_expired_sas_rejected(tmp_path: Path, storage_env: kit.StorageEnv) -> None:
     async with kit.sandbox_env(tmp_path, storage_env, start_importer=False) as env:
         env.tenant.faults.set_rates({"sas_expired": 1.0})

@@ -21,6 +21,7 @@ from spmt_tui.engine.settings import Settings
 from spmt_tui.tui.bridge import BufferLogHandler, EventBuffer
 from spmt_tui.tui.plan import MigrationPlan, SignedIn
 from spmt_tui.tui.prefs import UiPrefs, load_prefs, save_prefs
+from spmt_tui.tui.reauth import ReauthEvent, SignInAgain
 from spmt_tui.tui.rows import MemoryRowSource, RowSource, StoreRowSource
 from spmt_tui.tui.services import Services
 from spmt_tui.tui.themes import DEFAULT_THEME, STATE_VARIABLE_DEFAULTS, load_themes
@@ -100,6 +101,7 @@ class SpmtApp(App[int]):
         self.base_settings = settings or Settings()
         self.plan = MigrationPlan(settings=self._copy_settings())
         self.active_run: ActiveRun | None = None
+        self._reauth_modal: Any = None  # the ReauthModal on the screen stack, if any
         self._requested_theme = theme_name
         self._prefs_file = prefs_file
         self._remember_theme = remember_theme
@@ -203,7 +205,9 @@ class SpmtApp(App[int]):
         tasks = plan.tasks()
 
         def build() -> Any:
-            return self.services.new_migration(tasks, settings, signed_in, run.buffer)
+            migration = self.services.new_migration(tasks, settings, signed_in, run.buffer)
+            self._handle_sign_in_requests(migration, signed_in)
+            return migration
 
         self._run_engine(run, build)
         self.show_progress()
@@ -220,7 +224,9 @@ class SpmtApp(App[int]):
         settings = self._copy_settings()
 
         def build() -> Any:
-            return self.services.open_session(str(session.id), settings, signed_in, run.buffer)
+            migration = self.services.open_session(str(session.id), settings, signed_in, run.buffer)
+            self._handle_sign_in_requests(migration, signed_in)
+            return migration
 
         self._run_engine(run, build)
         self.show_progress()
@@ -243,6 +249,32 @@ class SpmtApp(App[int]):
         finally:
             engine_logger.removeHandler(handler)
             self.post_message(EngineFinished())
+
+    def _handle_sign_in_requests(self, migration: Any, signed_in: SignedIn) -> None:
+        """Make ``migration`` wait for a new sign-in in a dialog when its tokens cannot be refreshed."""
+        stats = getattr(migration, "stats", None)
+
+        def reason() -> str:
+            return stats.snapshot().message if stats is not None else ""
+
+        migration.sign_in_handler = SignInAgain(self, signed_in, reason)
+
+    def on_reauth_event(self, event: ReauthEvent) -> None:
+        from spmt_tui.tui.screens.reauth import ReauthModal
+
+        if event.kind == "open":
+            self._reauth_modal = ReauthModal(event.state)
+            self.push_screen(self._reauth_modal)
+            self.bell()
+            return
+        modal = self._reauth_modal
+        if modal is None or modal.state is not event.state:
+            return
+        if event.kind == "close":
+            self._reauth_modal = None
+        # The dialog applies the update in its own message handler. Dismissing it from this
+        # handler instead left the app waiting for its removal for good (Textual 8.2.8).
+        modal.post_message(ReauthEvent(event.state, event.kind, prompt=event.prompt, text=event.text))
 
     @staticmethod
     def _row_source(migration: Any, fallback: RowSource) -> RowSource:
@@ -349,8 +381,9 @@ class SpmtApp(App[int]):
 
         self.push_screen(ConfirmModal(
             "Quit while the migration runs?",
-            "The migration stops. Resume it later from Sessions; migrated files are not sent "
-            "again.", confirm="Stop and quit", cancel="Keep running"), confirmed)
+            f"The migration stops. Session {run.session_id} can be resumed later from Sessions "
+            "or with spmt-tui resume; files already migrated are not sent again.",
+            confirm="Stop and quit", cancel="Keep running"), confirmed)
 
     @work(group="quit")
     async def _stop_engine_and_exit(self, run: ActiveRun) -> None:

@@ -16,6 +16,7 @@ from spmt_tui.engine.settings import Settings
 if TYPE_CHECKING:
     from spmt_tui.auth.tokens import TokenProvider
     from spmt_tui.profile import TenantProfile
+    from spmt_tui.tui.services import PasswordSlot
 
 SIGN_IN_METHODS = {
     "device-code": "Device code",
@@ -32,6 +33,7 @@ class SignedIn:
     profile: "TenantProfile"
     principal: str
     method: str
+    password_slot: "PasswordSlot | None" = None  # the password method's, for signing in again
 
 
 @dataclass

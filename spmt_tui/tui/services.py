@@ -82,6 +82,30 @@ class SiteInfo:
     libraries: tuple[Library, ...]
 
 
+class PasswordSlot:
+    """Password of a username and password sign-in, held in memory for signing in again.
+
+    A ``UsernamePasswordProvider`` built with the slot as its password callable reads it each
+    time it needs the password, so a password typed later (in ``ReauthModal``) takes effect
+    without rebuilding the provider. ``fallback`` is asked when the slot is empty.
+    """
+
+    def __init__(self, password: str = "", fallback: Callable[[], str] | None = None) -> None:
+        self._password = password
+        self._fallback = fallback
+
+    def set(self, password: str) -> None:
+        self._password = password
+
+    def __call__(self) -> str:
+        if self._password:
+            return self._password
+        return self._fallback() if self._fallback is not None else ""
+
+    def __repr__(self) -> str:  # Keeps the password out of tracebacks and logs.
+        return "PasswordSlot(***)"
+
+
 class ServiceError(Exception):
     """A look-up or sign-in failed; the message is written for the user."""
 
@@ -167,7 +191,7 @@ class Services:
             settings = AuthSettings.from_profile(data, app_only=request.method == "certificate",
                                                  profile_dir=profile_dir)
             store = await asyncio.to_thread(self._store, request.token_cache)
-            provider, record = self._provider(request, data, settings, store, on_prompt)
+            provider, record, slot = self._provider(request, data, settings, store, on_prompt)
             await provider.sign_in()
         except AuthError as error:
             raise ServiceError(str(error)) from None
@@ -177,21 +201,23 @@ class Services:
         principal = provider.whoami() or settings.client_id
         await asyncio.to_thread(self._save_account, request, settings, store, record, principal)
         log.info("signed in %s (%s) to %s", principal, request.method, settings.authority)
-        return SignedIn(provider=provider, profile=profile, principal=principal, method=request.method)
+        return SignedIn(provider=provider, profile=profile, principal=principal, method=request.method,
+                        password_slot=slot)
 
     def _store(self, kind: str) -> TokenCacheStore:
         return choose_store(kind, self.passphrase_callback, cache_dir=config_dir(),
                             name=f"token-cache-{DEFAULT_ACCOUNT}")
 
     def _provider(self, request: SignInRequest, data: dict[str, Any], settings: AuthSettings,
-                  store: TokenCacheStore, on_prompt: PromptCallback) -> tuple[TokenProvider, dict[str, Any]]:
+                  store: TokenCacheStore,
+                  on_prompt: PromptCallback) -> tuple[TokenProvider, dict[str, Any], PasswordSlot | None]:
         if request.method == "certificate":
             certificate = request.certificate or (data.get("app") or {}).get("certificate")
             if not certificate:
                 raise ServiceError("certificate sign-in needs a PEM or PFX file: type its path")
             provider = CertificateProvider(settings, Path(certificate).expanduser(), store=store)
             return provider, {"certificate": str(Path(certificate).expanduser().resolve()),
-                              "thumbprint": provider.thumbprint}
+                              "thumbprint": provider.thumbprint}, None
         if request.method == "password":
             user = data.get("user") or {}
             username = request.username.strip() or str(user.get("username") or "")
@@ -202,8 +228,10 @@ class Services:
                 password = str(user.get("password") or "")
             if not password:
                 raise ServiceError(f"type the password of {username}")
-            return UsernamePasswordProvider(settings, username, password, store=store), {"username": username}
-        return DeviceCodeProvider(settings, on_prompt, store=store), {}
+            slot = PasswordSlot(password)
+            provider = UsernamePasswordProvider(settings, username, slot, store=store)
+            return provider, {"username": username}, slot
+        return DeviceCodeProvider(settings, on_prompt, store=store), {}, None
 
     def _save_account(self, request: SignInRequest, settings: AuthSettings, store: TokenCacheStore,
                       extra: dict[str, Any], principal: str) -> None:
@@ -244,18 +272,19 @@ class Services:
             record = (await asyncio.to_thread(load_accounts)).get("accounts", {}).get(DEFAULT_ACCOUNT)
             if not record or record.get("authority", "").rstrip("/") != profile.authority:
                 return None
-            password = self._profile_password(profile, record)
+            slot = PasswordSlot(self._profile_password(profile, record) or "",
+                                fallback=self.password_callback)
             provider = await asyncio.to_thread(
                 provider_for_account, DEFAULT_ACCOUNT, on_prompt=on_prompt,
-                passphrase_callback=self.passphrase_callback,
-                password_callback=(lambda: password) if password else self.password_callback)
+                passphrase_callback=self.passphrase_callback, password_callback=slot)
             await provider.get_token()
         except Exception as error:  # Any failure here only means "ask the user to sign in".
             log.info("saved sign-in not usable for resume: %s", error)
             return None
         principal = provider.whoami() or str(record.get("username") or record.get("client_id"))
-        return SignedIn(provider=provider, profile=profile, principal=principal,
-                        method=str(record.get("method", "device-code")))
+        method = str(record.get("method", "device-code"))
+        return SignedIn(provider=provider, profile=profile, principal=principal, method=method,
+                        password_slot=slot if method == "password" else None)
 
     @staticmethod
     def _profile_password(profile: TenantProfile, record: dict[str, Any]) -> str | None:

@@ -18,8 +18,11 @@ from textual.theme import Theme
 
 log = logging.getLogger("spmt.tui.themes")
 
-THEMES_DIR = Path(__file__).resolve().parents[2] / "themes"
-"""Folder of the theme files shipped with the project (``themes/`` at the repository root)."""
+THEMES_DIR = Path(__file__).resolve().parent / "theme_files"
+"""Folder of the theme files shipped with the package (package data in the wheel).
+
+``themes/`` at the repository root is a symbolic link to this folder.
+"""
 
 DEFAULT_THEME = "spmt-dark"
 
@@ -103,8 +106,8 @@ def load_themes(folder: Path = THEMES_DIR) -> dict[str, Theme]:
             continue
         themes[theme.name] = theme
     if DEFAULT_THEME not in themes:
-        # NOTE: an installed wheel has no themes folder (pyproject.toml does not ship it yet),
-        # so it gets here. The fallback keeps the app usable with one plain dark theme.
+        # A damaged installation or a ``folder`` without the default theme gets here. The
+        # fallback keeps the app usable with one plain dark theme.
         log.warning("theme %s not found in %s; using a built-in fallback", DEFAULT_THEME, folder)
         themes[DEFAULT_THEME] = Theme(name=DEFAULT_THEME, primary="#3b8eea",
                                       variables=dict(STATE_VARIABLE_DEFAULTS))

@@ -135,7 +135,6 @@ async def test_wizard_migrates_with_password(sandbox: Any, tui_env: Settings, tm
                                              f"{library.root_folder_url}/wizard-password")
         assert sorted(folder.name for folder in folders) == ["alpha", "beta"]
         token = await signed_in.provider.get_token()
-        await pilot.pause(0.2)  # let the last screen finish mounting before the app exits
 
     password = sandbox.profile["user"]["password"]
     assert secret_files(tmp_path, [password, token, PASSPHRASE]) == []
@@ -163,7 +162,6 @@ async def test_device_code_sign_in(sandbox: Any, tui_env: Settings) -> None:
         assert app.plan.signed_in is not None
         assert app.plan.signed_in.principal == user["username"]
         assert app.plan.signed_in.method == "device-code"
-        await pilot.pause(0.2)  # let the new screen finish mounting before the app exits
 
 
 async def test_wrong_password_shows_error(sandbox: Any, tui_env: Settings) -> None:
@@ -217,7 +215,4 @@ async def test_resume_from_sessions(sandbox: Any, tui_env: Settings, tmp_path: P
         assert run.session_id == session_id
         assert run.result.status == "completed"
         assert run.result.counts["migrated"] == 300 + 2
-        # Leaving while the Report screen is still being mounted trips a Textual race (its
-        # Header's title watcher runs after the header's children are gone).
         await wait_until(pilot, lambda: isinstance(second.screen, ReportScreen), what="the Report screen")
-        await pilot.pause(0.5)

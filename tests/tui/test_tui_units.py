@@ -507,3 +507,94 @@ def test_counts_line_formats_sizes() -> None:
     assert "migrated\u00a0[b]2[/b]" in line
     assert "size\u00a0[b]2 KB[/b]" in line
     assert "waiting" not in line
+
+
+async def running_app(pilot: Any, app: SpmtApp) -> Any:
+    """Start a fake migration that runs until cancelled; return its ``ActiveRun``."""
+    app.plan.signed_in = fake_signed_in()
+    app.plan.source = "/srv/a"
+    app.start_migration(app.plan)
+    for _ in range(40):
+        if app.active_run.migration is not None:
+            break
+        await pilot.pause(0.05)
+    assert app.active_run.migration is not None
+    return app.active_run
+
+
+async def test_q_on_progress_asks_then_quits() -> None:
+    app = app_with(migration_options={"steps": 0})
+    async with app.run_test(size=(80, 24)) as pilot:
+        run = await running_app(pilot, app)
+        assert isinstance(app.screen, ProgressScreen)
+        await pilot.press("q")
+        await pilot.pause()
+        body = str(app.screen.query_one(".dialog-body", Static).render())
+        assert "can be resumed" in body
+        assert run.session_id in body
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, ProgressScreen)
+        assert not run.finished
+
+        await pilot.press("q")
+        await pilot.pause()
+        await pilot.click("#confirm")
+        for _ in range(60):
+            if not app.is_running:
+                break
+            await pilot.pause(0.05)
+        assert not app.is_running
+    assert run.result.status == "cancelled"
+    assert app.return_code == 0
+
+
+async def test_q_in_search_field_is_typed() -> None:
+    app = app_with(migration_options={"steps": 0})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await running_app(pilot, app)
+        await pilot.press("slash", "q")
+        await pilot.pause()
+        assert app.screen.query_one("#search", Input).value == "q"
+        assert isinstance(app.screen, ProgressScreen)
+        await pilot.press("escape", "c")
+        await pilot.pause()
+        await pilot.click("#confirm")
+        await pilot.pause(0.3)
+
+
+async def test_q_after_migration_quits_at_once(tmp_path: Path) -> None:
+    app = app_with(migration_options={"files": 5, "step_seconds": 0.01})
+    app.base_settings.working_folder = tmp_path / "work"
+    async with app.run_test(size=(80, 24)) as pilot:
+        run = await running_app(pilot, app)
+        for _ in range(60):
+            if isinstance(app.screen, ReportScreen):
+                break
+            await pilot.pause(0.05)
+        assert run.finished
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, ProgressScreen)
+        await pilot.press("q")
+        for _ in range(40):
+            if not app.is_running:
+                break
+            await pilot.pause(0.05)
+        assert not app.is_running
+
+
+async def test_exit_while_screen_mounts() -> None:
+    # The app exits while a screen with a header is still mounting, so the header's title
+    # watchers run after its children are gone. Textual 8.2's own Header fails here.
+    from spmt_tui.tui.widgets.header import AppHeader
+
+    for attempt in range(3):
+        app = app_with()
+        async with app.run_test(size=(80, 24)):
+            app.push_screen(SessionsScreen())
+            app.title = f"exit test {attempt}"
+        # run_test() raises the app's error, so getting here means the exit was clean.
+        assert app.return_code in (0, None)
+    headers = [header for header in SessionsScreen().compose() if isinstance(header, AppHeader)]
+    assert headers, "the Sessions screen no longer uses AppHeader"

@@ -19,7 +19,6 @@ from textual.markup import escape
 from textual.screen import Screen
 from textual.widgets import (
     Checkbox,
-    Header,
     Input,
     Log,
     ProgressBar,
@@ -36,11 +35,18 @@ from spmt_tui.tui.screens.modals import FileDetailsModal
 from spmt_tui.tui.widgets.file_list import FAILURE_COLUMNS, FileList
 from spmt_tui.tui.widgets.footer import SteadyFooter
 from spmt_tui.tui.widgets.format import human_duration
+from spmt_tui.tui.widgets.header import AppHeader
 from spmt_tui.tui.widgets.totals import StageTotals, rate_line
 
 TICK_SECONDS = 0.25
-LIST_REFRESH_SECONDS = 0.5
+LIST_REFRESH_SECONDS = 1.0
 IDLE_LIST_REFRESH_SECONDS = 2.0
+GRAPH_REFRESH_SECONDS = 1.0
+"""Minimum time between two redraws of the byte bar and the throughput graph.
+
+Each redraw repaints several widgets, and a key press that arrives during one waits for it,
+so the parts that change a little every tick are drawn at most once a second.
+"""
 LOG_MAX_LINES = 5_000
 
 FINAL_PHASES = frozenset({"completed", "completed_with_failures", "failed", "cancelled",
@@ -72,6 +78,8 @@ class ProgressScreen(Screen[None]):
         Binding("3", "tab('log')", "Log", show=False),
         Binding("4", "tab('tasks')", "Tasks", show=False),
         Binding("h", "home", "Start", show=False),
+        # The app asks for confirmation while the migration runs.
+        Binding("q", "app.quit", "Quit"),
     ]
 
     def __init__(self) -> None:
@@ -82,10 +90,11 @@ class ProgressScreen(Screen[None]):
         self._phase = "starting"
         self._phase_detail = ""
         self._shown: dict[str, str] = {}  # last text set on each fixed-size line, by widget id
+        self._last_graph_refresh = 0.0
 
     def compose(self) -> ComposeResult:
         run = self.app.active_run
-        yield Header()
+        yield AppHeader()
         with Vertical(id="run-head"):
             yield Static(escape(task_summary(run.tasks if run else [])), id="run-tasks")
             yield Static("", id="run-phase")
@@ -164,6 +173,15 @@ class ProgressScreen(Screen[None]):
         self._snapshot = snapshot
         self.query_one(StageTotals).show(snapshot.counts)
         self._set_line("run-rates", rate_line(snapshot))
+        now = time.monotonic()
+        if now - self._last_graph_refresh >= GRAPH_REFRESH_SECONDS:
+            self._last_graph_refresh = now
+            self._show_graphs(snapshot)
+        if snapshot.phase and snapshot.phase != "starting":
+            self._phase = snapshot.phase
+            self._phase_detail = snapshot.message or self._phase_detail
+
+    def _show_graphs(self, snapshot: StatsSnapshot) -> None:
         bar = self.query_one("#bytes-bar", ProgressBar)
         if snapshot.bytes_total and (bar.total != snapshot.bytes_total
                                      or bar.progress != snapshot.bytes_uploaded):
@@ -174,9 +192,6 @@ class ProgressScreen(Screen[None]):
             history = []  # Sparkline scales to the data, so all zeros would draw full bars.
         if history != sparkline.data:
             sparkline.data = history
-        if snapshot.phase and snapshot.phase != "starting":
-            self._phase = snapshot.phase
-            self._phase_detail = snapshot.message or self._phase_detail
 
     def _show_phase(self) -> None:
         run = self.app.active_run
@@ -290,8 +305,9 @@ class ProgressScreen(Screen[None]):
 
     @on(TabbedContent.TabActivated, "#run-tabs")
     def _tab_activated(self) -> None:
+        # The next tick fetches the list of the new tab, so the frame that shows the tab switch
+        # does not also wait for a list query and a full repaint of the list.
         self._last_list_refresh = 0.0
-        self._maybe_refresh_lists()
 
     def action_tab(self, tab: str) -> None:
         tabs = self.query_one("#run-tabs", TabbedContent)

@@ -11,12 +11,13 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.markup import escape
 from textual.screen import Screen
-from textual.widgets import Header, OptionList, Static
+from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
 from spmt_tui.tui.screens.modals import MessageModal
 from spmt_tui.tui.widgets.footer import SteadyFooter
 from spmt_tui.tui.widgets.format import human_bytes
+from spmt_tui.tui.widgets.header import AppHeader
 
 PREVIEW_LINES = 40
 
@@ -84,7 +85,7 @@ class ReportScreen(Screen[None]):
         self.tasks = tasks
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield AppHeader()
         with Vertical(id="report"):
             yield Static(STATUS_TEXT.get(self.status, self.status), id="report-status",
                          classes=f"screen-title -{self.status}")

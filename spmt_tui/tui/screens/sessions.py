@@ -9,10 +9,11 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Header, Static
+from textual.widgets import DataTable, Static
 
 from spmt_tui.tui.plan import SignedIn
 from spmt_tui.tui.widgets.footer import SteadyFooter
+from spmt_tui.tui.widgets.header import AppHeader
 
 SESSION_COLUMNS = ("Status", "Session", "Created", "Migrated", "Failed", "Task")
 
@@ -121,7 +122,7 @@ class SessionsScreen(SessionActions, Screen[None]):
     ]
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield AppHeader()
         yield Static("Sessions", classes="screen-title")
         yield Static("", id="sessions-hint", classes="hint")
         yield DataTable(id="sessions", cursor_type="row", zebra_stripes=True)

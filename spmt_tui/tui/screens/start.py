@@ -9,11 +9,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Header, OptionList, Static
+from textual.widgets import DataTable, OptionList, Static
 from textual.widgets.option_list import Option
 
 from spmt_tui.tui.screens.sessions import SessionActions, fill_session_table, is_resumable
 from spmt_tui.tui.widgets.footer import SteadyFooter
+from spmt_tui.tui.widgets.header import AppHeader
 
 RECENT_SESSIONS = 8
 
@@ -38,7 +39,7 @@ class StartScreen(SessionActions, Screen[None]):
     ]
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield AppHeader()
         with Vertical(id="start"):
             yield Static("Migrate file shares to SharePoint Online", classes="screen-title")
             options = [Option(f"[b]{key}[/b]  {title}" + (f"  [dim]{help_text}[/dim]" if help_text else ""),

@@ -9,9 +9,10 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Header, Label, Static
+from textual.widgets import Label, Static
 
 from spmt_tui.tui.widgets.footer import SteadyFooter
+from spmt_tui.tui.widgets.header import AppHeader
 
 WIZARD_STEPS = ("Sign in", "Source", "Destination", "Settings", "Review")
 BULK_STEPS = ("Task file", "Sign in", "Settings", "Review")
@@ -44,7 +45,7 @@ class WizardStep(Screen[Any]):
     ]
 
     def compose_header(self) -> ComposeResult:
-        yield Header()
+        yield AppHeader()
         yield Static(step_bar_text(self.steps, self.STEP), classes="step-bar")
 
     def compose_footer(self) -> ComposeResult:

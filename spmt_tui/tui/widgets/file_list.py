@@ -155,6 +155,10 @@ class FileList(ScrollView, can_focus=True):
         self._fetch_again = False
         self._generation = 0  # bumped when the filter changes, so stale pages are dropped
         self._last_error = ""
+        # Row styles and column widths, kept between frames because render_line runs for every
+        # visible row of every frame. notify_style_update() and a new width clear them.
+        self._row_styles: dict[tuple[str, bool], Style] = {}
+        self._widths: tuple[int, list[int]] = (-1, [])
 
     # -- data -----------------------------------------------------------------------------------
 
@@ -289,30 +293,56 @@ class FileList(ScrollView, can_focus=True):
 
     # -- rendering ------------------------------------------------------------------------------
 
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._row_styles.clear()
+
+    def _column_widths(self, width: int) -> list[int]:
+        if self._widths[0] != width:
+            self._widths = (width, layout_columns(self.columns, width))
+        return self._widths[1]
+
+    def _row_style(self, kind: str, cursor: bool) -> Style:
+        """Return the style of a row: ``kind`` is a state class name, or "" for a blank row.
+
+        The base style is cached with the rest. It comes from this widget's own background
+        ($surface), so an ancestor's restyle does not change it unless it also restyles this
+        widget (a theme change does), which clears the cache.
+        """
+        key = (kind, cursor)
+        style = self._row_styles.get(key)
+        if style is None:
+            style = self.rich_style
+            if kind:
+                style += self.get_component_rich_style(f"file-list--{kind}")
+            if cursor:
+                style += self.get_component_rich_style("file-list--cursor")
+            self._row_styles[key] = style
+        return style
+
     def render_line(self, y: int) -> Strip:
         width = self.size.width
-        widths = layout_columns(self.columns, width)
+        widths = self._column_widths(width)
         if y == 0:
             header = " ".join(fit(column.title, size) for column, size in zip(self.columns, widths))
             return Strip([Segment(fit(header, width), self.get_component_rich_style("file-list--header"))])
         index = int(self.scroll_y) + y - 1
-        base = self.rich_style
         if index >= self.total:
-            return Strip.blank(width, base)
+            return Strip.blank(width, self._row_style("", False))
         row = self.row_at(index)
         if row is None:
-            return Strip([Segment(fit("  …", width), base)])
-        style = base + self._state_style(row.state)
-        if index == self.cursor:
-            style += self.get_component_rich_style("file-list--cursor")
+            return Strip([Segment(fit("  …", width), self._row_style("", False))])
+        style = self._row_style(state_class(row.state), index == self.cursor)
         cells = []
         for column, size, value in zip(self.columns, widths, row_cells(row, self.columns)):
             cells.append(fit(value, size, right=column.title == "Size", keep_end=column.title == "Path"))
         return Strip([Segment(fit(" ".join(cells), width), style)])
 
-    def _state_style(self, state: str) -> Style:
-        if state in ("migrated", "skipped", "failed"):
-            return self.get_component_rich_style(f"file-list--{state}")
-        if state in ("scanned", "pending"):
-            return self.get_component_rich_style("file-list--pending")
-        return self.get_component_rich_style("file-list--active")
+
+def state_class(state: str) -> str:
+    """Return the component class suffix (``file-list--SUFFIX``) that colours a row's state."""
+    if state in ("migrated", "skipped", "failed"):
+        return state
+    if state in ("scanned", "pending"):
+        return "pending"
+    return "active"

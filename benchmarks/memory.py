@@ -6,8 +6,8 @@ parent also polls the child's VmHWM every 0.5 s and reports the larger of the tw
 
 * ``memory``: a scan-only migration (``--scan-only``) of 1,000,000 empty files in 10,000
   folders: walk, rules, the session database and the scan reports;
-* ``memory_migrate_small``: a whole migration of small files into the sandbox (20,000 in full
-  mode, 2,000 in quick mode);
+* ``memory_migrate_small``: a whole migration of small files into the sandbox (100,000 in
+  full mode, 2,000 in quick mode);
 * ``memory_migrate_large``: a whole migration of one sparse file (5 GiB in full mode, 512 MiB
   in quick mode). The file is sparse, so it takes no disk space at the source.
 """
@@ -76,10 +76,7 @@ def _describe(report: dict) -> str:
 
 
 async def run(context) -> list[Result]:
-    # NOTE: the goal's size is 100,000 files, but full mode migrates 20,000. The sandbox's import
-    # still slows down as the library grows: the case-insensitive look-ups are indexed, but each
-    # imported item's DELETE FROM item_ids WHERE object_id = ? scans the whole table.
-    small_folders = 20 if context.quick else 200
+    small_folders = 20 if context.quick else 1000
     large_size = GIB // 2 if context.quick else 5 * GIB
     scan_tree = cached_tree(context.data / "memory-1m", 10_000, 100, 0)
     small_tree = cached_tree(context.data / f"memory-small-{small_folders}", small_folders, 100, 4096)

@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="fewer rounds and smaller memory runs (default)")
     size.add_argument("--full", action="store_true",
-                      help="more rounds, 1 GiB and 5,000-file uploads, 20,000-file and 5 GiB memory runs")
+                      help="more rounds, 1 GiB and 5,000-file uploads, 100,000-file and 5 GiB memory runs")
     names = [module for module, _ in BENCHMARKS]
     parser.add_argument("--only", default="",
                         help=f"comma-separated benchmarks to run, from: {', '.join(names)}")

@@ -100,6 +100,8 @@ class UploadBench:
             max_block_size=BLOCK_SIZE)
         self.azurite_pid = sandbox.azurite_blob_pid()
         self.azurite_cpu: dict[str, list[float]] = {}
+        # CPU of this process (the client or the bare SDK, not rclone), in cores while measuring.
+        self.own_cpu: dict[str, list[float]] = {}
 
     async def close(self) -> None:
         await self.sdk.close()
@@ -107,12 +109,16 @@ class UploadBench:
         await self.transport.close()
         await self.http_session.close()
 
-    def _azurite_cpu(self) -> float:
-        return process_cpu_seconds(self.azurite_pid) if self.azurite_pid else 0.0
+    def _cpu_seconds(self) -> tuple[float, float]:
+        """Return the CPU seconds used so far by Azurite's blob process and by this process."""
+        azurite = process_cpu_seconds(self.azurite_pid) if self.azurite_pid else 0.0
+        return azurite, time.process_time()
 
-    def _note_azurite_cpu(self, name: str, before: float, elapsed: float) -> None:
+    def _note_cpu(self, name: str, before: tuple[float, float], elapsed: float) -> None:
+        azurite, own = self._cpu_seconds()
         if self.azurite_pid:
-            self.azurite_cpu.setdefault(name, []).append((self._azurite_cpu() - before) / elapsed)
+            self.azurite_cpu.setdefault(name, []).append((azurite - before[0]) / elapsed)
+        self.own_cpu.setdefault(name, []).append((own - before[1]) / elapsed)
 
     # -- the client ----------------------------------------------------------------------------
 
@@ -127,7 +133,7 @@ class UploadBench:
                 await encrypt_and_upload(source, item, container, containers.key, f"{uuid.uuid4()}.dat")
 
         try:
-            cpu_before = self._azurite_cpu()
+            cpu_before = self._cpu_seconds()
             started = time.perf_counter()
             source = FileShareSource(root)
             rules = ScanRules(self.destination)
@@ -138,7 +144,7 @@ class UploadBench:
                         uploads.append(asyncio.create_task(upload(source, item)))
             await asyncio.gather(*uploads)
             elapsed = time.perf_counter() - started
-            self._note_azurite_cpu(name, cpu_before, elapsed)
+            self._note_cpu(name, cpu_before, elapsed)
         finally:
             await container.close()
         data_name = container_name(containers.data_uri)
@@ -154,12 +160,12 @@ class UploadBench:
         assert self.large_dir is not None
         (path,) = [entry.path for entry in os.scandir(self.large_dir)]
         with open(path, "rb") as handle:
-            cpu_before = self._azurite_cpu()
+            cpu_before = self._cpu_seconds()
             started = time.perf_counter()
             await container.upload_blob("large.bin", handle, length=self.large_size,
                                         max_concurrency=SDK_LARGE_CONCURRENCY)
             elapsed = time.perf_counter() - started
-            self._note_azurite_cpu(name, cpu_before, elapsed)
+            self._note_cpu(name, cpu_before, elapsed)
         self._check_container(container.container_name, 1, encrypted=False)
         delete_containers(self.sandbox, [container.container_name])
         return elapsed
@@ -176,11 +182,11 @@ class UploadBench:
                     data = handle.read()
                 await container.upload_blob(os.path.relpath(path, self.small_dir), data, overwrite=True)
 
-        cpu_before = self._azurite_cpu()
+        cpu_before = self._cpu_seconds()
         started = time.perf_counter()
         await asyncio.gather(*(upload(path) for path in paths))
         elapsed = time.perf_counter() - started
-        self._note_azurite_cpu(name, cpu_before, elapsed)
+        self._note_cpu(name, cpu_before, elapsed)
         self._check_container(container.container_name, len(paths), encrypted=False)
         delete_containers(self.sandbox, [container.container_name])
         return elapsed
@@ -191,11 +197,11 @@ class UploadBench:
         assert self.rclone is not None
         target = f"rclone-{uuid.uuid4().hex[:12]}"
         expected = sum(len(files) for _, _, files in os.walk(root))
-        cpu_before = self._azurite_cpu()
+        cpu_before = self._cpu_seconds()
         started = time.perf_counter()
         await asyncio.to_thread(self.rclone.copy, root, target, *extra)
         elapsed = time.perf_counter() - started
-        self._note_azurite_cpu(name, cpu_before, elapsed)
+        self._note_cpu(name, cpu_before, elapsed)
         self._check_container(target, expected, encrypted=False)
         delete_containers(self.sandbox, [target])
         return elapsed
@@ -238,6 +244,11 @@ async def run(context) -> list[Result]:
         results += await _small(bench, small_rounds, rclone_missing)
         for name, values in bench.azurite_cpu.items():
             info(f"Azurite blob CPU while {name}: {spread(values, '{:.2f}')} cores")
+        # Divided by the rates above, these give CPU per MiB or per file. When both cores are
+        # busy, a ratio follows the CPU each side needs per unit of work.
+        for name, values in bench.own_cpu.items():
+            if not name.startswith("rclone"):
+                info(f"benchmark process CPU while {name}: {spread(values, '{:.2f}')} cores")
         return results
     finally:
         if bench is not None:

@@ -351,8 +351,8 @@ def _write_item_reports(store: StoreReader, task: dict[str, Any], round_number: 
         failures = csv.writer(failures_handle)
         items.writerow(ITEM_COLUMNS + ITEM_EXTRA_COLUMNS)
         failures.writerow(ITEM_FAILURE_COLUMNS)
-        # The same fields as _item_values, with the per-task parts computed once: this loop runs
-        # once per scanned item, and building a dict per row took about half of its time.
+        # The same fields as _item_values, with the per-task parts computed once, because this
+        # loop runs once per scanned item and _item_values took about half of it in cProfile.
         source_prefix = os.path.join(task["source"], "")
         destination_prefix = _task_destination(task) + "/"
         task_key = task["task_key"]

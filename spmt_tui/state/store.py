@@ -307,6 +307,17 @@ class _Queries:
         result["to_migrate"] = int(row[0])
         return result
 
+    def count_failed_in_category(self, category: str, round_number: int | None = None,
+                                 task_id: int | None = None) -> int:
+        """Return how many failed items of a round (all rounds when None) have ``category``."""
+        clauses, parameters = self._scope(task_id, round_number)
+        with self._lock:
+            row = self._connection.execute(
+                f"SELECT count(*) FROM items {clauses} {'AND' if clauses else 'WHERE'} "
+                "status = 'failed' AND category = ?", [*parameters, category]
+            ).fetchone()
+        return int(row[0])
+
     @staticmethod
     def _scope(task_id: int | None, round_number: int | None) -> tuple[str, list[Any]]:
         clauses = []

@@ -344,7 +344,7 @@ async def test_report_headers_match_spmt(sandbox: Sandbox, tmp_path: Path) -> No
     source = write_tree(tmp_path / "share", {"ok.txt": "ok", "bad?.txt": "bad"})
     migration, result = await run(sandbox, [task(sandbox, source, unique("reports"))],
                                   settings(tmp_path / "work"))
-    assert result.status == "completed_with_failures", result.message
+    assert result.status == "completed", result.message
     folder = migration.report_dir
     [task_folder] = folder.glob("TaskReport_*")
     assert sorted(path.name for path in task_folder.iterdir()) == [

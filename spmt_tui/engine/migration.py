@@ -27,6 +27,7 @@ from typing import Any
 from spmt_tui.engine.diskspace import WAITING_PHASE, DiskSpaceGuard, is_disk_full
 from spmt_tui.engine.mirror import SessionMirror, follow_adopted_jobs
 from spmt_tui.engine.preflight import PreflightError, check_source, resolve_target
+from spmt_tui.engine.rules import CATEGORY_SCAN_FAILURE
 from spmt_tui.engine.progress import (
     EventSink,
     LogEvent,
@@ -281,7 +282,7 @@ class Migration:
             counts = {}
             if self.store is not None:
                 current = self.store.current_round()
-                counts = self.store.counts(round_number=current) if current else self.store.counts()
+                counts = self._final_counts(current)
             if self._mirror is not None:
                 await self._mirror.stop(status, message)
             if self.store is not None:
@@ -328,6 +329,21 @@ class Migration:
         finally:
             store.close()
 
+    def _final_counts(self, round_number: int | None) -> dict[str, int]:
+        """Counts of a round (all rounds when None) as the run's result reports them.
+
+        An item that breaks one of SharePoint Online's scan rules is stored as failed with
+        category SCAN FAILURE, as SPMT's item report shows it; the result counts it as skipped
+        (``skipped_by_rules``), the way summary.json does, so it alone does not fail the run.
+        """
+        assert self.store is not None
+        counts = self.store.counts(round_number=round_number)
+        rule_skips = self.store.count_failed_in_category(CATEGORY_SCAN_FAILURE, round_number)
+        counts["failed"] = counts.get("failed", 0) - rule_skips
+        counts["skipped"] = counts.get("skipped", 0) + rule_skips
+        counts["skipped_by_rules"] = rule_skips
+        return counts
+
     async def _run_rounds(self) -> tuple[str, str]:
         assert self.store is not None
         http_session = new_session(self.profile.ca_bundle)
@@ -360,10 +376,13 @@ class Migration:
                 counts = self.store.counts(round_number=round_number)
                 if round_number > first and counts.get("to_migrate", 0) == 0:
                     break
-            counts = self.store.counts(round_number=round_number)
+            counts = self._final_counts(round_number)
             failed = counts.get("failed", 0)
             if failed:
                 return "completed_with_failures", f"{failed} item(s) failed or were rejected; see ItemFailureReport"
+            if counts.get("skipped_by_rules"):
+                return "completed", (f"{counts['skipped_by_rules']} item(s) break SharePoint Online's rules "
+                                     "and were skipped; see ItemReport")
             return "completed", ""
         finally:
             await transport.close()
@@ -466,5 +485,6 @@ class Migration:
                             authors=authors)
         await runner.run(scan_only=scan_only)
         counts = self.store.counts(round_number=round_number, task_id=task_id)
-        final = "completed_with_failures" if counts.get("failed") else "completed"
+        rule_skips = self.store.count_failed_in_category(CATEGORY_SCAN_FAILURE, round_number, task_id)
+        final = "completed_with_failures" if counts.get("failed", 0) > rule_skips else "completed"
         await self.disk.retry(lambda: self.store.set_task_status(task_id, final))

@@ -30,13 +30,14 @@ from spmt_tui.engine.permissions import (
 )
 from spmt_tui.engine.preflight import Target, folder_object_id
 from spmt_tui.engine.progress import ItemEvent, LogEvent, PhaseEvent
-from spmt_tui.engine.rules import Outcome, ScanRules, ScanSettings
+from spmt_tui.engine.rules import CATEGORY_SOURCE_MISSING, Outcome, ScanRules, ScanSettings
 from spmt_tui.engine.source import Source, SourceItem
 from spmt_tui.engine.users import AuthorMap, folder_owner
 from spmt_tui.engine.upload import (
     CODE_FILE_CHANGED,
     CODE_SOURCE_UNREADABLE,
     FileChangedError,
+    SourceMissingError,
     SourceReadError,
     encrypt_and_upload,
 )
@@ -766,6 +767,10 @@ class TaskRunner:
                         await self._wait_for_source()
                         continue
                     message = str(error)
+                    if isinstance(error, SourceMissingError):
+                        # Deleted at the source since the scan: nothing to migrate, not a failure.
+                        await self.m.disk.retry(lambda: self._skip_missing(work, message))
+                        return None
                     await self.m.disk.retry(lambda: self._fail_item(work, CODE_SOURCE_UNREADABLE, message))
                     return None
                 except ContainerExpired:
@@ -857,6 +862,14 @@ class TaskRunner:
             log.info("the source %s is back; going on", self.task.source)
             self.stats.set_phase("migrating")
             self.sink(PhaseEvent("migrating"))
+
+    def _skip_missing(self, work: WorkFile, message: str) -> None:
+        self.store.mark(work.row_id, "skipped", code=CODE_SOURCE_UNREADABLE, message=message,
+                        category=CATEGORY_SOURCE_MISSING)
+        self.stats.add("skipped")
+        self._event(work.row_id, work.item.relative_path, "skipped", work.item.size,
+                    CODE_SOURCE_UNREADABLE, message)
+        log.warning("%s skipped: %s", work.item.relative_path, message)
 
     def _fail_item(self, work: WorkFile, code: str, message: str) -> None:
         self.store.mark(work.row_id, "failed", code=code, message=message)

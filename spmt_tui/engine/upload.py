@@ -10,6 +10,7 @@ held whole in memory unless it is smaller than one block.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -46,6 +47,16 @@ class SourceReadError(Exception):
     """The file could not be opened or read."""
 
 
+class SourceMissingError(SourceReadError):
+    """The file was deleted at the source after the scan: a warning, not a failure (CASE-15)."""
+
+
+def _read_error(item: SourceItem, verb: str, error: OSError) -> SourceReadError:
+    if error.errno == errno.ENOENT:
+        return SourceMissingError(f"{item.relative_path} no longer exists at the source")
+    return SourceReadError(f"cannot {verb} {item.relative_path}: {error.strerror or error}")
+
+
 @dataclass(frozen=True)
 class BlobResult:
     blob_name: str
@@ -76,14 +87,14 @@ def _stat_or_read_small(source: Source, item: SourceItem, key: bytes) -> ItemSta
     """
     before = source.stat(item)
     if before is None:
-        raise SourceReadError(f"{item.relative_path} no longer exists at the source")
+        raise SourceMissingError(f"{item.relative_path} no longer exists at the source")
     if before.size >= SINGLE_PUT_LIMIT:
         return before
     try:
         with source.open(item) as handle:
             data = handle.read(SINGLE_PUT_LIMIT + 1)
     except OSError as error:
-        raise SourceReadError(f"cannot read {item.relative_path}: {error.strerror or error}") from error
+        raise _read_error(item, "read", error) from error
     if len(data) > SINGLE_PUT_LIMIT:
         raise FileChangedError(f"{item.relative_path} grew while it was read")
     encryptor = BlobEncryptor(key, new_iv())
@@ -144,7 +155,7 @@ async def _upload_large(
     try:
         handle = await asyncio.to_thread(source.open, item)
     except OSError as error:
-        raise SourceReadError(f"cannot open {item.relative_path}: {error.strerror or error}") from error
+        raise _read_error(item, "open", error) from error
     encryptor = BlobEncryptor(key, new_iv())
     chunks = _encrypted_chunks(handle, encryptor, stats, block_size_for(before.size + 16))
     try:
@@ -159,7 +170,7 @@ async def _upload_large(
                 in_flight=blocks_in_flight,
             )
     except OSError as error:
-        raise SourceReadError(f"cannot read {item.relative_path}: {error.strerror or error}") from error
+        raise _read_error(item, "read", error) from error
     finally:
         await asyncio.to_thread(handle.close)
     return encryptor

@@ -317,13 +317,16 @@ class Sandbox:
                 self.process.wait()
 
 
-def start_sandbox(data_dir: Path, *, import_delay: float = 0.2, timeout: float = 60.0) -> Sandbox:
+def start_sandbox(data_dir: Path, *, import_delay: float = 0.2, timeout: float = 60.0,
+                  container_retention: float | None = None) -> Sandbox:
     """Start ``python -m spmt_tui sandbox`` on free ports and wait for its ``ready`` line."""
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     port = free_port_block()
     command = [PYTHON, "-m", "spmt_tui", "sandbox", "--data", str(data_dir), "--port", str(port),
                "--import-delay", str(import_delay)]
+    if container_retention is not None:
+        command += ["--container-retention", str(container_retention)]
     stderr = open(data_dir / "sandbox-stderr.log", "w")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=REPO,
                                start_new_session=True)

@@ -53,6 +53,10 @@ def _add_sandbox(commands: argparse._SubParsersAction) -> None:
                          help="access token lifetime in seconds (default: %(default)s)")
     sandbox.add_argument("--sas-lifetime", type=int, default=None, metavar="SECONDS",
                          help="container SAS lifetime (default: 3 days, as SharePoint Online)")
+    sandbox.add_argument("--container-retention", type=float, default=None, metavar="SECONDS",
+                         help="purge provisioned containers this long after creation, unless an "
+                              "unfinished job reads them (default: 30 days; SharePoint Online "
+                              "purges them after 30 to 90 days)")
     sandbox.add_argument("--slow-seconds", type=float, default=2.0,
                          help="delay of a call hit by the 'slow' fault (default: %(default)s)")
     sandbox.add_argument("-v", "--verbose", action="store_true", help="log every request")
@@ -112,6 +116,8 @@ def _sandbox_option_problem(args: argparse.Namespace) -> str | None:
         return f"invalid --import-delay {args.import_delay}: use 0 or more seconds"
     if args.sas_lifetime is not None and args.sas_lifetime < 1:
         return f"invalid --sas-lifetime {args.sas_lifetime}: use 1 or more seconds"
+    if args.container_retention is not None and not args.container_retention >= 1:
+        return f"invalid --container-retention {args.container_retention}: use 1 or more seconds"
     if not args.slow_seconds >= 0:
         return f"invalid --slow-seconds {args.slow_seconds}: use 0 or more seconds"
     for site in args.site:
@@ -159,6 +165,7 @@ def _run_sandbox(args: argparse.Namespace) -> int:
         import_delay=args.import_delay,
         token_lifetime=args.token_lifetime,
         sas_lifetime_seconds=args.sas_lifetime,
+        container_retention_seconds=args.container_retention,
         slow_seconds=args.slow_seconds,
     )
     from spmt_tui.sandbox.azurite import AzuriteError

@@ -418,6 +418,9 @@ class Importer:
             )
             if purged:
                 log.info("deleted the events of %d expired migration jobs", purged)
+            removed = await asyncio.to_thread(self._purge_containers)
+            if removed:
+                log.info("purged %d migration containers older than the retention", removed)
         free = max(1, self.tenant.settings.import_workers) - len(self._running)
         if free <= 0:
             return
@@ -429,6 +432,22 @@ class Importer:
             task = asyncio.create_task(self._run(job), name=f"spmt-import-{job.id}")
             self._running[job.id] = task
             task.add_done_callback(lambda _task, job_id=job.id: self._running.pop(job_id, None))
+
+    def _purge_containers(self) -> int:
+        """Delete provisioned containers past their retention, as SharePoint purges them."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        names = self.jobs.containers_to_purge(self.tenant.settings.container_retention)
+        if not names:
+            return 0
+        service = self.tenant.storage.blob_service()
+        for name in names:
+            try:
+                service.delete_container(name)
+            except ResourceNotFoundError:
+                pass
+            self.jobs.forget_container(name)
+        return len(names)
 
     async def _run(self, job: MigrationJob) -> None:
         try:

@@ -334,6 +334,20 @@ class JobStore:
     def events(self, job_id: str) -> list[dict[str, str]]:
         return [json.loads(body) for _seq, body in self.events_after(job_id, 0, 1_000_000)]
 
+    def containers_to_purge(self, retention: dt.timedelta) -> list[str]:
+        """Containers created more than ``retention`` ago that no unfinished job still reads."""
+        cutoff = time.time() - retention.total_seconds()
+        rows = self.store.query(
+            "SELECT name FROM migration_containers WHERE created < ? AND name NOT IN ("
+            "SELECT source_container FROM migration_jobs WHERE ended IS NULL UNION "
+            "SELECT manifest_container FROM migration_jobs WHERE ended IS NULL)",
+            (cutoff,),
+        )
+        return [row["name"] for row in rows]
+
+    def forget_container(self, name: str) -> None:
+        self.store.execute("DELETE FROM migration_containers WHERE name = ?", (name,))
+
     def purge_expired_events(self, retention: dt.timedelta) -> int:
         """Delete the events of jobs that ended more than ``retention`` ago; return the job count."""
         cutoff = time.time() - retention.total_seconds()

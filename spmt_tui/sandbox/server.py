@@ -68,6 +68,7 @@ class SandboxOptions:
     import_delay: float = 2.0
     token_lifetime: int = 3600
     sas_lifetime_seconds: int | None = None
+    container_retention_seconds: float | None = None
     slow_seconds: float = 2.0
 
 
@@ -126,6 +127,10 @@ class Tenant:
             import datetime as dt
 
             self.settings.sas_lifetime = dt.timedelta(seconds=options.sas_lifetime_seconds)
+        if options.container_retention_seconds is not None:
+            import datetime as dt
+
+            self.settings.container_retention = dt.timedelta(seconds=options.container_retention_seconds)
         self.faults = Faults(options.faults, seed=options.fault_seed, slow_seconds=options.slow_seconds)
         self.store = TenantStore(self.data_dir)
         self.users = {u["username"].lower(): u for u in self.config["users"]}
@@ -302,6 +307,10 @@ class Tenant:
                     import datetime as dt
 
                     self.settings.sas_lifetime = dt.timedelta(seconds=float(value))
+                elif key == "container_retention_seconds":
+                    import datetime as dt
+
+                    self.settings.container_retention = dt.timedelta(seconds=float(value))
                 else:
                     return web.json_response({"error": f"unknown setting {key!r}"}, status=400)
             return web.json_response({"ok": True})

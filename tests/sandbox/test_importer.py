@@ -8,6 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
@@ -637,3 +638,31 @@ def test_job_through_real_sandbox(fresh_sandbox: object) -> None:
     )
     assert response.status_code == 200
     assert response.content == b"hello over https"
+
+
+async def test_containers_purged_after_retention(tmp_path: Path, storage_env: kit.StorageEnv) -> None:
+    """Provisioned containers are purged after the retention, except those an unfinished job reads."""
+    async with kit.sandbox_env(tmp_path, storage_env, start_importer=False,
+                               container_retention=dt.timedelta(seconds=0)) as env:
+        builder = kit.PackageBuilder(env.site, env.library)
+        builder.file("kept.txt", b"kept")
+        kit.set_checksums(builder)
+        job_id, _key, _queue, _manifest = await kit.submit(env, builder)  # queued, not run yet
+        idle_data, idle_manifest, _idle_key = await kit.provision(env)   # no job reads these
+        service = env.tenant.storage.blob_service()
+
+        def names() -> set[str]:
+            return {container.name for container in service.list_containers()}
+
+        idle = {urlsplit(uri).path.rstrip("/").rsplit("/", 1)[-1] for uri in (idle_data, idle_manifest)}
+        assert idle <= names()
+        assert env.importer._purge_containers() == 2
+        assert not idle & names()
+        busy = {row["name"] for row in env.tenant.store.query("SELECT name FROM migration_containers")}
+        assert len(busy) == 2 and busy <= names()  # the queued job's containers stay
+
+        await env.importer.start()
+        events, _tokens = await kit.wait_for_end(env, job_id)
+        assert kit.by_event(events, "JobEnd")
+        assert env.importer._purge_containers() == 2
+        assert not busy & names()

@@ -48,7 +48,7 @@ class SourceReadError(Exception):
 
 
 class SourceMissingError(SourceReadError):
-    """The file was deleted at the source after the scan: a warning, not a failure (CASE-15)."""
+    """The file was deleted at the source after the scan: reported as skipped, not as a failure."""
 
 
 def _read_error(item: SourceItem, verb: str, error: OSError) -> SourceReadError:

@@ -44,6 +44,8 @@ class TaskSpec:
     site_url: str
     library: str = "Documents"
     folder: str = ""
+    # The task's own settings from a JSON task file, as in ``MigrationTask.settings``.
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
         target = f"{self.site_url.rstrip('/')}/{self.library}"
@@ -82,7 +84,8 @@ class MigrationPlan:
         if self.bulk_file is not None:
             lines.append(("Task file", str(self.bulk_file)))
         for number, task in enumerate(self.tasks(), start=1):
-            lines.append((f"Task {number}", task.describe()))
+            own = task_settings_text(task.settings)
+            lines.append((f"Task {number}", task.describe() + (f" (own settings: {own})" if own else "")))
         lines.extend(changed_settings(self.settings))
         return lines
 
@@ -98,6 +101,39 @@ def changed_settings(settings: Settings) -> list[tuple[str, str]]:
     if not changed:
         changed.append(("Settings", "SPMT defaults"))
     return changed
+
+
+# Short labels of per-task settings: (label when on or set, label when off or empty).
+_TASK_SETTING_LABELS = {
+    "include_hidden": ("hidden files", "no hidden files"),
+    "incremental": ("incremental", "not incremental"),
+    "follow_symlinks": ("follow symlinks", "no symlinks"),
+    "preserve_permissions": ("permissions", "no permissions"),
+    "custom_azure_storage": ("custom storage", "no custom storage"),
+    "custom_azure_delete_after": ("delete storage after", "keep storage"),
+    "skip_extensions": ("skip {}", "skip no extension"),
+    "replace_invalid_char": ("replace invalid with {}", "skip invalid names"),
+    "created_after": ("created after {}", "any created time"),
+    "modified_after": ("modified after {}", "any modified time"),
+    "user_mapping_file": ("user mapping {}", "no user mapping"),
+    "default_user": ("default user {}", "migration account as default user"),
+    "custom_azure_account": ("storage account {}", "no storage account"),
+}
+
+
+def task_settings_text(overrides: dict[str, Any]) -> str:
+    """Return a task's own settings as a short comma-separated text, e.g. "hidden files, skip tmp"."""
+    parts = []
+    for name, value in overrides.items():
+        on_label, off_label = _TASK_SETTING_LABELS.get(name, (f"{name.replace('_', ' ')} {{}}", ""))
+        if value is None or value is False or value == "":
+            parts.append(off_label or name.replace("_", " ") + " off")
+        elif value is True:
+            parts.append(on_label.replace(" {}", ""))
+        else:
+            text = Path(value).name if isinstance(value, Path) else format_setting(value)
+            parts.append(on_label.format(text))
+    return ", ".join(parts)
 
 
 def format_setting(value: Any) -> str:

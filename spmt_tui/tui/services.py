@@ -356,11 +356,21 @@ class Services:
 
     def new_migration(self, tasks: list[TaskSpec], settings: Settings, signed_in: SignedIn,
                       sink: EventSink) -> Any:
-        """Create the engine's ``Migration`` for a new session."""
+        """Create the engine's ``Migration`` for a new session.
+
+        Each task keeps its own settings from the task file. Like ``spmt-tui migrate``, this
+        raises MissingAccessKey when a custom storage account has no key in memory, in the
+        environment or in the keyring (the TUI does not prompt for one).
+        """
+        from spmt_tui.engine.custom_storage import MissingAccessKey, accounts_needing_keys, find_key
         from spmt_tui.engine.migration import Migration, MigrationTask
 
         engine_tasks = [MigrationTask(source=task.source, site_url=task.site_url, library=task.library,
-                                      folder=task.folder) for task in tasks]
+                                      folder=task.folder, settings=dict(task.settings))
+                        for task in tasks]
+        for account in accounts_needing_keys(settings, [task.settings for task in engine_tasks]):
+            if find_key(account) is None:
+                raise MissingAccessKey(account)
         return Migration(engine_tasks, settings, signed_in.profile, signed_in.provider, sink=sink)
 
     def open_session(self, session_id: str, settings: Settings, signed_in: SignedIn,

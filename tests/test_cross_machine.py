@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import datetime as dt
 import json
 import os
 import shutil
@@ -125,8 +126,8 @@ def test_resume_on_other_machine(slow_import_sandbox: Sandbox, tmp_path: Path) -
         time.sleep(0.05)
     else:
         pytest.fail("the migration never had running jobs that the mirror listed")
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    # A stays stopped, not killed, until B has been refused: a mirror written by a process of
+    # this host that has ended would not stop B, and both "machines" are this host here.
     assert db is not None
     session_id = db.parent.name
 
@@ -158,6 +159,8 @@ def test_resume_on_other_machine(slow_import_sandbox: Sandbox, tmp_path: Path) -
                              cwd=REPO, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2
     assert "--take-over" in refused.stderr
+    process.send_signal(signal.SIGKILL)
+    process.wait()
     missing = subprocess.run(_cli("resume", session_id, *common, "--working-folder", str(work_b),
                                   "--take-over"), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2
@@ -227,6 +230,15 @@ def test_resume_on_other_machine(slow_import_sandbox: Sandbox, tmp_path: Path) -
     assert again.returncode == 0, again.stderr
     assert "(remote" not in next(t for t in again.stdout.splitlines() if t.startswith(session_id)), \
         "a session in the local working folder is also listed as remote"
+
+    # A's own copy of the session is now out of date: resuming it there would import B's files
+    # again, so it is refused and the mirror keeps B's record.
+    stale = subprocess.run(_cli("resume", session_id, *common, "--working-folder", str(work_a)),
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert stale.returncode != 0, stale.stdout
+    assert "another copy" in stale.stdout + stale.stderr
+    assert "--take-over" in stale.stdout + stale.stderr
+    assert _mirror_records(tenant_db)[session_id]["copy"] == final["copy"]
 
 
 # -- the mirror item contains no secret --------------------------------------------------------------
@@ -473,3 +485,22 @@ def test_large_record_is_compressed() -> None:
     assert text.startswith(mirror.COMPRESSED_PREFIX)
     assert mirror.decode_payload(text) == record
 
+
+
+def test_same_host_dead_writer_is_resumable() -> None:
+    """A mirror written by a process of this host that has ended does not need --take-over."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    record = {**_record("/x"), "pid": dead.pid}
+    here = mirror.RemoteSession("s1", socket.gethostname(), "running", 1,
+                                dt.datetime.now(dt.timezone.utc), record, 1)
+    mirror.check_resumable(here, take_over=False)
+    alive = {**record, "pid": os.getpid()}
+    with pytest.raises(mirror.MirrorError, match="--take-over"):
+        mirror.check_resumable(mirror.RemoteSession("s1", socket.gethostname(), "running", 1,
+                                                    dt.datetime.now(dt.timezone.utc), alive, 1),
+                               take_over=False)
+    elsewhere = mirror.RemoteSession("s1", "other-host", "running", 1, dt.datetime.now(dt.timezone.utc),
+                                     record, 1)
+    with pytest.raises(mirror.MirrorError, match="--take-over"):
+        mirror.check_resumable(elsewhere, take_over=False)

@@ -8,6 +8,8 @@ that use the session's value, so one run shows both.
 from __future__ import annotations
 
 import argparse
+
+import pytest
 import datetime as dt
 import os
 from pathlib import Path
@@ -244,3 +246,18 @@ def test_config_file_then_flags(tmp_path: Path) -> None:
     untouched = settings_from_args(parser.parse_args([]), load_config(config))
     assert untouched.include_hidden is False
     assert untouched.skip_extensions == "tmp"
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--custom-azure-account", "customer"], "add --custom-azure-storage"),
+    (["--preserve-permissions"], "--preserve-permissions needs --user-mapping-file"),
+])
+def test_flags_without_effect_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       flags: list[str], expected: str) -> None:
+    from spmt_tui.cli import main
+
+    (tmp_path / "share").mkdir()
+    code = main(["migrate", str(tmp_path / "share"), "--working-folder", str(tmp_path / "work"), *flags])
+    assert code == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "work" / "sessions").exists()

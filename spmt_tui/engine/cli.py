@@ -296,6 +296,18 @@ def _report(result: Any, migration: Any) -> int:
     return result.exit_code
 
 
+def _check_flag_combinations(args: argparse.Namespace, settings: Settings) -> None:
+    """Reject flags given on the command line that would have no effect with the others."""
+    if getattr(args, "custom_azure_account", None) and not settings.custom_azure_storage:
+        raise SettingsError(
+            f"--custom-azure-account {args.custom_azure_account} has no effect while custom Azure "
+            "storage is off: add --custom-azure-storage, or remove --custom-azure-account")
+    if getattr(args, "preserve_permissions", None) and settings.user_mapping_file is None:
+        raise SettingsError(
+            "--preserve-permissions needs --user-mapping-file: owners and ACL entries are mapped to "
+            "SharePoint users through it (without one every item would inherit)")
+
+
 def run_migrate(args: argparse.Namespace) -> int:
     from spmt_tui.engine.migration import Migration, MigrationTask
     from spmt_tui.engine.tasks import TaskFileError, load_tasks
@@ -304,6 +316,7 @@ def run_migrate(args: argparse.Namespace) -> int:
 
     try:
         settings = _settings(args)
+        _check_flag_combinations(args, settings)
         if args.tenant_profile is None and args.auth != "account":
             raise SettingsError("--tenant-profile is required (the sandbox writes DIR/tenant.json)")
         profile = load_profile(args.tenant_profile) if args.tenant_profile else None
@@ -421,6 +434,11 @@ def run_resume(args: argparse.Namespace) -> int:
     if chosen.status == "running":
         print(f"spmt-tui resume: session {chosen.id} is running in process {chosen.pid}", file=sys.stderr)
         return 2
+    if args.source_map:
+        print(f"spmt-tui resume: --source-map applies only when a session is rebuilt from the tenant's "
+              f"mirror; session {chosen.id} exists in {settings.working_folder} with its own sources "
+              f"({'; '.join(chosen.tasks)}): remove --source-map", file=sys.stderr)
+        return 2
     _apply_sign_in_record(args, Migration.stored_sign_in(settings.working_folder, chosen.id))
     profile_path = args.tenant_profile or (Path(chosen.profile_path) if chosen.profile_path else None)
     try:
@@ -431,6 +449,7 @@ def run_resume(args: argparse.Namespace) -> int:
         return 2
     migration = Migration.open_session(chosen.id, settings, profile, credentials)
     migration.sign_in_method = _sign_in_record(args, profile_path)
+    migration.take_over = args.take_over
     try:
         _resolve_storage_keys(migration.settings, migration.tasks, remember=args.remember_custom_azure_key)
     except SettingsError as error:
@@ -452,11 +471,13 @@ def _run_resumed(migration: Any) -> int:
 def _resume_from_tenant(args: argparse.Namespace, settings: Settings, session_id: str | None) -> int:
     """Rebuild a session that only the tenant's mirror has, then resume it."""
     from spmt_tui.engine.migration import Migration
+    from spmt_tui.engine.sessions import list_sessions
     from spmt_tui.engine.mirror import (
         LIST_TITLE,
         RESUMABLE_STATES,
         MirrorError,
         check_resumable,
+        map_source,
         parse_source_map,
         rebuild_session,
     )
@@ -465,13 +486,21 @@ def _resume_from_tenant(args: argparse.Namespace, settings: Settings, session_id
     try:
         source_map = parse_source_map(args.source_map)
         remote = _tenant_sessions(args, session_id)
+        local = {session.id for session in list_sessions(settings.working_folder)}
         if session_id is None:
-            remote = [session for session in remote if session.state in RESUMABLE_STATES]
+            # A session this working folder has is resumed from its own database, never rebuilt.
+            remote = [session for session in remote
+                      if session.state in RESUMABLE_STATES and session.id not in local]
         if not remote:
             subject = f"session {session_id}" if session_id else "an interrupted session"
             raise MirrorError(f"{subject} was found neither in {settings.working_folder} nor in the list "
                               f"{LIST_TITLE!r} of the tenant profile's site")
         chosen = remote[0]
+        sources = [str(task["source"]) for task in chosen.record.get("tasks") or []]
+        for old, _new in source_map:
+            if not any(map_source(source, [(old, "/")]) != source for source in sources):
+                raise MirrorError(f"--source-map {old}=... matches no source of session {chosen.id} "
+                                  f"(its sources: {'; '.join(sources)})")
         check_resumable(chosen, take_over=args.take_over)
         _check_working_folder(settings.working_folder)
         rebuild_session(chosen, settings.working_folder, args.tenant_profile, source_map)
@@ -479,6 +508,7 @@ def _resume_from_tenant(args: argparse.Namespace, settings: Settings, session_id
         credentials = make_credentials(args, args.tenant_profile)
         migration = Migration.open_session(chosen.id, settings, profile, credentials)
         migration.sign_in_method = _sign_in_record(args, args.tenant_profile)
+        migration.take_over = True  # check_resumable above decided that this machine takes over
         _resolve_storage_keys(migration.settings, migration.tasks, remember=args.remember_custom_azure_key)
     except _tenant_errors() as error:
         print(f"spmt-tui resume: {error}", file=sys.stderr)

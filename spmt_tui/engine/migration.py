@@ -152,6 +152,8 @@ class Migration:
         # Keep an item about the session in a hidden list in the tenant (engine/mirror.py), so
         # the same account can resume it from another machine.
         self.mirror_enabled = True
+        # Run even when the mirror says another copy of the session ran last (resume --take-over).
+        self.take_over = False
         self._mirror: SessionMirror | None = None
         self._sign_in_lock = asyncio.Lock()
         self.disk = DiskSpaceGuard(Path(settings.working_folder), settings.min_free_space_mb * 2**20,
@@ -256,10 +258,13 @@ class Migration:
             self.session_id, self._settings_json(), [vars(t) for t in self.tasks],
             profile=str(self.profile.source_path or "")))
         log.info("session %s started: %s", self.session_id, "; ".join(t.describe() for t in self.tasks))
-        self._mirror = SessionMirror.start(self) if self.mirror_enabled else None
+        self._mirror = SessionMirror(self) if self.mirror_enabled else None
         status = "failed"
         message = ""
         try:
+            if self._mirror is not None:
+                await self._mirror.claim(take_over=self.take_over)
+                self._mirror.begin()
             status, message = await self._run_rounds()
         except asyncio.CancelledError:
             status, message = ("cancelled", "cancelled by the user") if self._cancel_requested else (

@@ -194,6 +194,8 @@ def build_record(migration: "Migration", state: str, message: str = "") -> dict[
         "format": RECORD_FORMAT,
         "session": migration.session_id,
         "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "copy": store.mirror_copy_id(),
         "state": state,
         "message": redact(message),
         "phase": migration.stats.snapshot().phase,
@@ -342,11 +344,10 @@ class SessionMirror:
         self.disabled = False
         self.writes = 0
 
-    @classmethod
-    def start(cls, migration: "Migration") -> "SessionMirror":
-        mirror = cls(migration)
-        mirror._task = asyncio.create_task(mirror._loop(), name="session-mirror")
-        return mirror
+    def begin(self) -> None:
+        """Start the periodic writes (the first one at once)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="session-mirror")
 
     def _client(self) -> MirrorList:
         if self._list is None:
@@ -359,6 +360,37 @@ class SessionMirror:
 
     def _state(self) -> str:
         return "running" if self.m._running.is_set() else "paused"
+
+    async def claim(self, *, take_over: bool) -> None:
+        """Raise MirrorError when another copy of this session wrote the mirror last.
+
+        That copy (a rebuild on another machine, or this session's database copied elsewhere)
+        may have run or be running the same tasks: running this one too would import its files
+        a second time. ``take_over`` accepts it, and the next write makes this copy the owner.
+        A tenant that cannot be read does not stop the run: the mirror is a convenience.
+        """
+        if self.disabled or self.m.store is None:
+            return
+        try:
+            found = await self._client().sessions(self.m.session_id)
+        except Exception as error:  # noqa: BLE001 - see the docstring
+            self._log_failure(error)
+            return
+        if not found:
+            return
+        remote = found[0]
+        self._item_id = remote.item_id
+        other = remote.record.get("copy")
+        if other is None or other == self.m.store.mirror_copy_id() or take_over:
+            return
+        # Refused: leave the other copy's record as it is.
+        self.disabled = True
+        age = remote.seconds_since_update()
+        age_text = "at an unknown time" if age is None else f"{age:.0f} s ago"
+        raise MirrorError(
+            f"session {remote.id} was last run from another copy on {remote.host or 'another machine'} "
+            f"(state {remote.state}, mirror written {age_text}): running this copy as well would import "
+            "its files again. Continue it there, or, if this copy should take over, add --take-over")
 
     def _signature(self) -> tuple[Any, ...]:
         snapshot = self.m.stats.snapshot()
@@ -471,12 +503,28 @@ def check_resumable(remote: RemoteSession, *, take_over: bool) -> None:
         raise MirrorError(f"session {remote.id} has state {remote.state!r} in the mirror, which this "
                           "version cannot resume")
     age = remote.seconds_since_update()
+    if _writer_gone(remote):
+        return  # written by a process of this machine that no longer runs
     if remote.state in ("running", "paused") and not take_over and (age is None or age < STALE_SECONDS):
         age_text = "an unknown time" if age is None else f"{age:.0f} s"
         raise MirrorError(
             f"session {remote.id} is {remote.state} on {remote.host or 'another machine'} (mirror written "
             f"{age_text} ago): stop it there first, or, if that machine is down, add --take-over (or wait "
             f"{STALE_SECONDS:.0f} s after its last write)")
+
+
+def _writer_gone(remote: RemoteSession) -> bool:
+    """True when the mirror was written by a process of this machine that has ended."""
+    pid = remote.record.get("pid")
+    if not pid or remote.host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError, OverflowError):
+        return False
+    return False
 
 
 def rebuild_session(remote: RemoteSession, working_folder: Path, profile_path: Path | None,

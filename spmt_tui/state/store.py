@@ -635,6 +635,20 @@ class SessionStore(_Queries):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def mirror_copy_id(self) -> str:
+        """Return the random id of this copy of the session, created on first use.
+
+        The tenant's mirror records which copy wrote it last, so a copy on another machine (or an
+        older copy here) can tell that the session has moved on without it.
+        """
+        with self._transaction() as connection:
+            row = connection.execute("SELECT value FROM meta WHERE key = 'mirror_copy'").fetchone()
+            if row is not None:
+                return str(row[0])
+            value = uuid.uuid4().hex
+            connection.execute("INSERT INTO meta (key, value) VALUES ('mirror_copy', ?)", (value,))
+            return value
+
     def _transaction(self) -> _Transaction:
         return _Transaction(self._connection, self._lock)
 

@@ -44,7 +44,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "have, marked remote with the machine that ran them last.")
     sessions.add_argument("--working-folder", type=Path, default=None,
                           help="folder that contains the sessions (default: the per-user data folder)")
-    _add_common(sessions)
+    _add_common(sessions, uploads=False)
     sessions.set_defaults(handler=run_sessions)
 
     resume = commands.add_parser(
@@ -64,7 +64,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     resume.set_defaults(handler=run_resume)
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, *, uploads: bool = True) -> None:
     parser.add_argument("--tenant-profile", type=Path,
                         help="tenant profile JSON (the sandbox writes DIR/tenant.json)")
     parser.add_argument("--auth", choices=AUTH_METHODS, default=None,
@@ -85,10 +85,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         "encrypted with SPMT_TUI_CACHE_PASSPHRASE, else memory only), keyring, "
                         "encrypted-file, plaintext-file (unencrypted) or memory (default: auto)")
     parser.add_argument("--config", type=Path, help="TOML file with default settings")
-    parser.add_argument("--remember-custom-azure-key", action="store_true",
-                        help="save the access key of the custom Azure storage account in the OS "
-                        "keyring (or the file encrypted with SPMT_TUI_CACHE_PASSPHRASE) for later "
-                        "runs; without it a key typed at the prompt is kept for this run only")
+    if uploads:
+        parser.add_argument("--remember-custom-azure-key", action="store_true",
+                            help="save the access key of the custom Azure storage account in the OS "
+                            "keyring (or the file encrypted with SPMT_TUI_CACHE_PASSPHRASE) for later "
+                            "runs; without it a key typed at the prompt is kept for this run only")
     if not any(a.dest == "working_folder" for a in parser._actions):
         parser.add_argument("--working-folder", type=Path, default=None,
                             help="folder for sessions, logs and reports")

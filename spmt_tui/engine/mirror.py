@@ -198,7 +198,8 @@ def build_record(migration: "Migration", state: str, message: str = "") -> dict[
         "copy": store.mirror_copy_id(),
         "state": state,
         "message": redact(message),
-        "phase": migration.stats.snapshot().phase,
+        # The last phase of a run that has ended is its final status, not the phase it ended in.
+        "phase": migration.stats.snapshot().phase if state in ("running", "paused") else state,
         "round": round_number,
         "round_finished": round_finished,
         "updated": _utc_text(now),

@@ -86,9 +86,9 @@ async def run(context) -> list[Result]:
     make_sparse_file(large_dir / "sparse.bin", large_size)
 
     results = []
-    # Azurite gets slower per request as it holds more blobs (at 33,000 files it took 100 % of a
-    # core for 500 files a minute); purging finished packages' containers after two minutes, as
-    # SharePoint purges them after 30 days, keeps its data small over 100,000 files.
+    # Azurite gets slower per request as it stores more blobs: at 33,000 files it took 100 % of a
+    # core for 500 files a minute. Purging containers after two minutes (SharePoint does it after
+    # 30 to 90 days) keeps its data small over 100,000 files.
     sandbox = start_sandbox(context.data / "sandbox-memory", import_delay=IMPORT_DELAY,
                             container_retention=CONTAINER_RETENTION)
     try:

@@ -132,7 +132,8 @@ def test_sample_tree_arrives_intact(sandbox: Sandbox, tmp_path: Path) -> None:
     # not fail the run (exit 0, failed 0).
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("completed: "), result.stdout
-    assert "failed 0" in result.stdout and "break SharePoint Online's rules" in result.stdout
+    assert "failed 0" in result.stdout
+    assert "break SharePoint Online's rules" in result.stdout
     exported = export(sandbox, tmp_path / "export") / "sample"
     counts = check_migration(source, work, exported)
     assert (exported / "Docs/nested/deeper/file.bin").stat().st_size == 5 * 2**20 + 7

@@ -152,7 +152,8 @@ class Migration:
         # Keep an item about the session in a hidden list in the tenant (engine/mirror.py), so
         # the same account can resume it from another machine.
         self.mirror_enabled = True
-        # Run even when the mirror says another copy of the session ran last (resume --take-over).
+        # Run even when the mirror records another copy of the session as the last writer
+        # (resume --take-over).
         self.take_over = False
         self._mirror: SessionMirror | None = None
         self._sign_in_lock = asyncio.Lock()
@@ -334,16 +335,16 @@ class Migration:
         finally:
             store.close()
 
-    def _final_counts(self, round_number: int | None) -> dict[str, int]:
-        """Counts of a round (all rounds when None) as the run's result reports them.
+    def _final_counts(self, round_number: int | None, task_id: int | None = None) -> dict[str, int]:
+        """Return the counts of a round (all rounds when None) as the run's result reports them.
 
         An item that breaks one of SharePoint Online's scan rules is stored as failed with
-        category SCAN FAILURE, as SPMT's item report shows it; the result counts it as skipped
-        (``skipped_by_rules``), the way summary.json does, so it alone does not fail the run.
+        category SCAN FAILURE, because SPMT's item report shows it so. The result counts it as
+        skipped (``skipped_by_rules``), as summary.json does, so it alone does not fail the run.
         """
         assert self.store is not None
-        counts = self.store.counts(round_number=round_number)
-        rule_skips = self.store.count_failed_in_category(CATEGORY_SCAN_FAILURE, round_number)
+        counts = self.store.counts(round_number=round_number, task_id=task_id)
+        rule_skips = self.store.count_failed_in_category(CATEGORY_SCAN_FAILURE, round_number, task_id)
         counts["failed"] = counts.get("failed", 0) - rule_skips
         counts["skipped"] = counts.get("skipped", 0) + rule_skips
         counts["skipped_by_rules"] = rule_skips
@@ -489,7 +490,6 @@ class Migration:
         runner = TaskRunner(self, task_id, task, round_number, target, client, transport, source, user,
                             authors=authors)
         await runner.run(scan_only=scan_only)
-        counts = self.store.counts(round_number=round_number, task_id=task_id)
-        rule_skips = self.store.count_failed_in_category(CATEGORY_SCAN_FAILURE, round_number, task_id)
-        final = "completed_with_failures" if counts.get("failed", 0) > rule_skips else "completed"
+        counts = self._final_counts(round_number, task_id)
+        final = "completed_with_failures" if counts["failed"] else "completed"
         await self.disk.retry(lambda: self.store.set_task_status(task_id, final))

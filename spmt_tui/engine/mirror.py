@@ -40,7 +40,7 @@ from spmt_tui.engine.progress import PhaseEvent
 from spmt_tui.logs import redact
 from spmt_tui.spo.http import HttpError, RetryPolicy, SharePointHttp, new_session
 from spmt_tui.spo.sharepoint import SharePointClient
-from spmt_tui.state.store import SessionStore
+from spmt_tui.state.store import SessionStore, pid_alive
 
 if TYPE_CHECKING:
     from spmt_tui.engine.migration import Migration
@@ -497,7 +497,7 @@ def map_source(source: str, pairs: list[tuple[str, str]]) -> str:
 
 
 def check_resumable(remote: RemoteSession, *, take_over: bool) -> None:
-    """Raise MirrorError when the mirror says the session is still running elsewhere."""
+    """Raise MirrorError when the mirror records the session as still running elsewhere."""
     if remote.state not in RESUMABLE_STATES:
         if remote.state in ("completed", "completed_with_failures", "scan_only"):
             return  # a finished session runs another incremental round, as a local resume does
@@ -515,17 +515,11 @@ def check_resumable(remote: RemoteSession, *, take_over: bool) -> None:
 
 
 def _writer_gone(remote: RemoteSession) -> bool:
-    """True when the mirror was written by a process of this machine that has ended."""
+    """Return True when the mirror was written by a process of this machine that has ended."""
     pid = remote.record.get("pid")
-    if not pid or remote.host != socket.gethostname():
+    if not isinstance(pid, int) or remote.host != socket.gethostname():
         return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError, OverflowError):
-        return False
-    return False
+    return not pid_alive(pid)
 
 
 def rebuild_session(remote: RemoteSession, working_folder: Path, profile_path: Path | None,

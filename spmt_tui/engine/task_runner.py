@@ -863,19 +863,19 @@ class TaskRunner:
             self.stats.set_phase("migrating")
             self.sink(PhaseEvent("migrating"))
 
+    def _end_item(self, work: WorkFile, status: str, code: str, message: str,
+                  category: str | None = None) -> None:
+        """Record that ``work`` ends as ``status`` (failed or skipped), with its code and reason."""
+        self.store.mark(work.row_id, status, code=code, message=message, category=category)
+        self.stats.add(status)
+        self._event(work.row_id, work.item.relative_path, status, work.item.size, code, message)
+        log.warning("%s %s: %s %s", work.item.relative_path, status, code, message)
+
     def _skip_missing(self, work: WorkFile, message: str) -> None:
-        self.store.mark(work.row_id, "skipped", code=CODE_SOURCE_UNREADABLE, message=message,
-                        category=CATEGORY_SOURCE_MISSING)
-        self.stats.add("skipped")
-        self._event(work.row_id, work.item.relative_path, "skipped", work.item.size,
-                    CODE_SOURCE_UNREADABLE, message)
-        log.warning("%s skipped: %s", work.item.relative_path, message)
+        self._end_item(work, "skipped", CODE_SOURCE_UNREADABLE, message, CATEGORY_SOURCE_MISSING)
 
     def _fail_item(self, work: WorkFile, code: str, message: str) -> None:
-        self.store.mark(work.row_id, "failed", code=code, message=message)
-        self.stats.add("failed")
-        self._event(work.row_id, work.item.relative_path, "failed", work.item.size, code, message)
-        log.warning("%s failed: %s %s", work.item.relative_path, code, message)
+        self._end_item(work, "failed", code, message)
 
     def _fail_package(self, package: Package, code: str, message: str) -> None:
         log.error("package %d failed: %s %s", package.number, code, message)

@@ -56,8 +56,8 @@ class TenantSettings:
     sas_lifetime: dt.timedelta = dt.timedelta(days=3)
     queue_sas_lifetime: dt.timedelta = dt.timedelta(days=21)
     event_retention: dt.timedelta = dt.timedelta(days=5)
-    # SharePoint purges provisioned containers 30 to 90 days after creation; long runs against
-    # the sandbox may shorten it so Azurite's data (and with it its per-request cost) stays small.
+    # SharePoint purges provisioned containers 30 to 90 days after creation. Long runs against
+    # the sandbox may shorten it, so that Azurite's data, and with it its per-request cost, stays small.
     container_retention: dt.timedelta = dt.timedelta(days=30)
     max_errors_per_package: int = 100
     progress_every: int = 50           # objects between JobProgress events

@@ -165,7 +165,8 @@ def strip_sas(uri: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Return whether process ``pid`` of this machine still exists."""
     if pid == os.getpid():
         return True
     try:
@@ -220,7 +221,7 @@ class _Queries:
             return True
         pid = info.get("pid")
         if pid and info.get("hostname") == socket.gethostname():
-            return not _pid_alive(int(pid))
+            return not pid_alive(int(pid))
         return False
 
     def tasks(self) -> list[dict[str, Any]]:

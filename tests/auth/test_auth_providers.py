@@ -222,7 +222,7 @@ async def test_username_password_sign_in(
     with caplog.at_level(logging.WARNING, logger="spmt.auth"):
         provider = UsernamePasswordProvider(sandbox.user_settings(), sandbox.user.username,
                                             sandbox.user.password)
-        assert "multi-factor" not in caplog.text  # only reading an account says nothing
+        assert "multi-factor" not in caplog.text  # reading an account logs no warning
         token = await provider.sign_in()
         await provider.sign_in()
     assert caplog.text.count("multi-factor") == 1

@@ -659,7 +659,8 @@ async def test_containers_purged_after_retention(tmp_path: Path, storage_env: ki
         assert env.importer._purge_containers() == 2
         assert not idle & names()
         busy = {row["name"] for row in env.tenant.store.query("SELECT name FROM migration_containers")}
-        assert len(busy) == 2 and busy <= names()  # the queued job's containers stay
+        assert len(busy) == 2
+        assert busy <= names()  # the queued job's containers stay
 
         await env.importer.start()
         events, _tokens = await kit.wait_for_end(env, job_id)
